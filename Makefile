@@ -1,0 +1,56 @@
+# Two commands do all set-up on a fresh Debian machine as root: `make demo`, `make test`.
+#
+# The virtual environment is built from Debian's /usr/bin/python3 in a directory
+# every local user can read (user endpoints run as unprivileged accounts and must
+# be able to exec its interpreter), never under /root where a clone may live.
+# `.venv` in the checkout is a symlink to it. The project is installed into it as
+# a regular (non-editable) package so its code is readable by those accounts too.
+
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3
+VENV_ROOT ?= /var/tmp/compute-agent
+VENV ?= $(VENV_ROOT)/venv-$(shell printf '%s' "$(CURDIR)" | md5sum | cut -c1-10)
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: all venv install services test lint demo rpm clean
+
+all: test
+
+$(VENV)/.deps-stamp: pyproject.toml
+	@packaging/dev/ensure-python-venv.sh "$(PYTHON)"
+	install -d -m 0755 "$(VENV_ROOT)"
+	[ -x "$(BIN)/python" ] || $(PYTHON) -m venv "$(VENV)"
+	chmod 0755 "$(VENV)"
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q ".[test]"
+	touch "$@"
+
+venv: $(VENV)/.deps-stamp
+	ln -sfn "$(VENV)" .venv
+
+# Reinstall the project itself (no dependency resolution) so the copy the
+# privilege-dropped user endpoints import matches this checkout.
+install: venv
+	$(BIN)/pip install -q --no-deps --no-build-isolation --force-reinstall .
+	chmod -R a+rX "$(VENV)"
+
+services:
+	@packaging/dev/ensure-rabbitmq.sh
+	@packaging/dev/ensure-postgres.sh
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install services lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: install services
+	$(BIN)/python -m bench.demo
+
+rpm: venv
+	packaging/rpm/build.sh
+
+clean:
+	rm -rf .venv build dist *.egg-info "$(VENV)"

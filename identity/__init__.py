@@ -1,0 +1,1 @@
+"""Globus-Connect-Server-compatible identity mapping and the local account policy."""

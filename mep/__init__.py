@@ -1,0 +1,1 @@
+"""The root-run manager: start commands in, privilege-dropped user endpoints out."""

@@ -1,0 +1,1 @@
+"""The self-hosted compute service the official SDK and endpoints talk to."""
