@@ -24,6 +24,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Keep the command group shape even while it has a single command."""
+
+
 @app.command()
 def version() -> None:
     """Print the versions of compute-agent and the libraries it speaks through."""
@@ -39,3 +44,7 @@ def version() -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Keep the command group shape even while it has a single command."""
+
+
 @app.command()
 def version() -> None:
     """Print the compute-agent version."""
@@ -27,3 +32,7 @@ def version() -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
