@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import typer
 
+from identity.cli import register as register_identity
+
 app = typer.Typer(
     name="compute-endpoint",
     help=(
@@ -22,6 +24,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+register_identity(app)
 
 
 @app.callback()

@@ -1,0 +1,139 @@
+"""The account policy: which local accounts a mapped identity may run as.
+
+Applied after mapping and before anything runs. A mapping rule is an admin's
+regular expression; one careless ``(.*)`` must not let a remote person run as
+root, as the manager itself, or as ``daemon`` or ``slurm``. The official
+endpoint has no such check (it runs whatever the mapping names, provided it
+is not the manager's uid).
+
+Every refusal speaks twice: ``user_message`` goes to the remote submitter and
+never names the local account; ``admin_message`` goes to the log and does.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from collections.abc import Callable
+from dataclasses import dataclass
+
+CONTACT = "contact the endpoint administrator"
+
+
+@dataclass(frozen=True)
+class AccountPolicy:
+    min_uid: int = 1000
+    allow_system_accounts: tuple[str, ...] = ()
+    allowed_groups: tuple[str, ...] = ()
+    denied_users: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PasswdEntry:
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """The local account to run as, with what the launcher and templates need."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    group_names: tuple[str, ...]
+    home: str
+    shell: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    user_message: str
+    admin_message: str
+    rule: str
+
+
+def passwd_lookup(name: str) -> PasswdEntry | None:
+    """The password-database entry for a name, None if there is none (or the name is unusable)."""
+    try:
+        entry = pwd.getpwnam(name)
+    except (KeyError, ValueError, UnicodeEncodeError):
+        return None
+    return PasswdEntry(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, entry.pw_shell)
+
+
+def group_lookup(name: str, gid: int) -> tuple[tuple[int, str], ...]:
+    """Every (gid, group name) the account belongs to, primary group first."""
+    memberships = []
+    for member_gid in dict.fromkeys([gid, *os.getgrouplist(name, gid)]):
+        try:
+            memberships.append((member_gid, grp.getgrgid(member_gid).gr_name))
+        except KeyError:
+            memberships.append((member_gid, str(member_gid)))
+    return tuple(memberships)
+
+
+def check_account(
+    local_user: str,
+    policy: AccountPolicy,
+    manager_uid: int,
+    *,
+    lookup_user: Callable[[str], PasswdEntry | None] = passwd_lookup,
+    lookup_groups: Callable[[str, int], tuple[tuple[int, str], ...]] = group_lookup,
+) -> Allowed | Refused:
+    """Decide whether the mapped ``local_user`` may run; the first failing rule refuses."""
+    entry = lookup_user(local_user) if local_user else None
+    if entry is None:
+        return _refuse(
+            "unknown-user",
+            "your identity maps to a local account that does not exist on this endpoint",
+            f"mapped local user {local_user!r} is not in the password database",
+        )
+    who = f"mapped local user {entry.name!r} (uid {entry.uid})"
+    if entry.uid == 0:
+        return _refuse("root", "your identity maps to the superuser account", f"{who} is root")
+    if entry.uid == manager_uid:
+        return _refuse(
+            "manager-uid",
+            "your identity maps to the account the endpoint manager runs as",
+            f"{who} is the manager's own account",
+        )
+    if entry.name in policy.denied_users:
+        return _refuse("denied_users", "your local account is denied", f"{who} is in denied_users")
+    if entry.uid < policy.min_uid and entry.name not in policy.allow_system_accounts:
+        return _refuse(
+            "min_uid",
+            "your identity maps to a system account",
+            f"{who} is below min_uid {policy.min_uid} and not in allow_system_accounts",
+        )
+    memberships = lookup_groups(entry.name, entry.gid)
+    names = tuple(name for _, name in memberships)
+    if policy.allowed_groups and not set(names) & set(policy.allowed_groups):
+        return _refuse(
+            "allowed_groups",
+            "your local account is not in a group allowed to use this endpoint",
+            f"{who} is in groups {list(names)}, none of allowed_groups "
+            f"{list(policy.allowed_groups)}",
+        )
+    return Allowed(
+        entry.name,
+        entry.uid,
+        entry.gid,
+        tuple(gid for gid, _ in memberships),
+        names,
+        entry.home,
+        entry.shell,
+    )
+
+
+def _refuse(rule: str, user_reason: str, admin_reason: str) -> Refused:
+    return Refused(
+        f"Refused by the endpoint's account policy ({rule}): {user_reason}; {CONTACT}.",
+        admin_reason,
+        rule,
+    )
