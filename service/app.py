@@ -1,0 +1,91 @@
+"""The FastAPI application: routes, error shape, and the parts' lifetimes.
+
+On start-up the database is opened (tables created), the AMQP topology is
+declared and the result/heartbeat forwarder thread starts; on shutdown they
+stop in reverse. The broker being down at start-up is not fatal: the
+forwarder keeps retrying and submissions answer 503 until it is back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import typing as t
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
+
+from fastapi import FastAPI
+
+from service import errors, routes_auth, routes_endpoints, routes_functions, routes_tasks, store
+from service.broker import BrokerUnavailable, Publisher
+from service.context import Service, Settings
+from service.forwarder import Forwarder
+from service.routing import Topology
+
+log = logging.getLogger(__name__)
+MIN_SDK_VERSION = "2.0.0"
+MIN_EP_VERSION = "2.0.0"
+
+
+def _own_version() -> str:
+    try:
+        return dist_version("compute-agent")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def version_doc() -> dict:
+    """What ``Client.version_check`` reads (both spellings of the endpoint minimum)."""
+    return {
+        "api": _own_version(),
+        "git_sha": "",
+        "min_sdk_version": MIN_SDK_VERSION,
+        "min_ep_version": MIN_EP_VERSION,
+        "min_endpoint_version": MIN_EP_VERSION,
+    }
+
+
+def build_service(settings: Settings) -> Service:
+    topology = Topology(settings.amqp_url, settings.amqp_prefix)
+    return Service(
+        settings=settings,
+        sessions=store.open_database(settings.db_url),
+        topology=topology,
+        publisher=Publisher(topology),
+    )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    svc = build_service(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> t.AsyncIterator[None]:
+        forwarder = Forwarder(svc.topology, svc.sessions)
+        forwarder.start()
+        try:
+            svc.publisher.ensure_topology()
+        except BrokerUnavailable as e:
+            log.error("%s; will retry on demand", e)
+        try:
+            yield
+        finally:
+            forwarder.stop()
+            svc.publisher.close()
+            store.dispose(svc.sessions)
+
+    app = FastAPI(
+        title="compute-agent service",
+        version=_own_version(),
+        description="A self-hosted, Globus-Compute-compatible service.",
+        lifespan=lifespan,
+    )
+    app.state.service = svc
+    errors.install(app)
+
+    @app.get("/v2/version", tags=["service"])
+    def version(service: str | None = None) -> dict:
+        return version_doc()
+
+    for module in (routes_auth, routes_functions, routes_endpoints, routes_tasks):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,85 @@
+"""What every request handler needs: settings, database, broker, and the caller.
+
+Handlers receive these through FastAPI dependencies so the routes stay free of
+globals and a test can build an app against its own database and vhost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import auth
+from service.broker import Publisher
+from service.errors import ApiError
+from service.routing import Topology
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How one service instance runs."""
+
+    db_url: str
+    amqp_url: str
+    amqp_prefix: str = ""
+    token_ttl_s: int = auth.DEFAULT_TOKEN_TTL_S
+
+
+@dataclasses.dataclass
+class Service:
+    """The live parts of a running service, shared by all handlers."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    topology: Topology
+    publisher: Publisher
+
+
+def service(request: Request) -> Service:
+    return request.app.state.service
+
+
+SERVICE = Depends(service)
+
+
+def db(svc: Service = SERVICE) -> t.Iterator[Session]:
+    """A session committed when the handler returns normally, rolled back otherwise."""
+    with svc.sessions.begin() as s:
+        yield s
+
+
+DB = Depends(db, scope="function")
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "missing bearer token: send 'Authorization: Bearer <access token>'")
+    return token.strip()
+
+
+def any_caller(request: Request, s: Session = DB) -> auth.Caller:
+    """The caller behind any token this service issued (userinfo accepts both kinds)."""
+    try:
+        return auth.caller_for_token(s, bearer_token(request))
+    except auth.AuthError as e:
+        raise ApiError(e.status, str(e)) from None
+
+
+ANY_CALLER = Depends(any_caller)
+
+
+def caller(who: auth.Caller = ANY_CALLER) -> auth.Caller:
+    """The caller of a compute route: the token must be for the compute service."""
+    if who.resource_server != auth.COMPUTE_RESOURCE_SERVER:
+        raise ApiError(
+            403, "this token is not valid for the compute service; request the compute scope"
+        )
+    return who
+
+
+CALLER = Depends(caller)

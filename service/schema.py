@@ -1,0 +1,133 @@
+"""The service's tables: everything that must survive a restart.
+
+Identities and API clients (with hashed secrets) stand in for Globus Auth;
+endpoints, user endpoints, functions, task groups and tasks are what the SDK
+and the endpoints registered or submitted. Ids are UUID strings so the same
+schema works on SQLite and PostgreSQL without dialect types.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+UUID_LEN = 36
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    """Root of the declarative models."""
+
+
+class Identity(Base):
+    """A Globus-Auth-shaped identity (``id`` is also its ``sub``)."""
+
+    __tablename__ = "identities"
+    id: Mapped[str] = mapped_column(String(UUID_LEN), primary_key=True)
+    username: Mapped[str] = mapped_column(String(256), unique=True)
+    email: Mapped[str | None] = mapped_column(String(256))
+    name: Mapped[str | None] = mapped_column(String(256))
+    identity_provider: Mapped[str] = mapped_column(String(UUID_LEN))
+    organization: Mapped[str | None] = mapped_column(String(256))
+
+
+class ApiClient(Base):
+    """Client credentials bound to an identity set (primary identity first)."""
+
+    __tablename__ = "clients"
+    client_id: Mapped[str] = mapped_column(String(UUID_LEN), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(256))
+    identity_id: Mapped[str] = mapped_column(ForeignKey("identities.id"))
+    linked_ids: Mapped[list] = mapped_column(JSON, default=list)
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AccessToken(Base):
+    """An issued bearer token, stored as a SHA-256 digest only."""
+
+    __tablename__ = "tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.client_id", ondelete="CASCADE"))
+    resource_server: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class Endpoint(Base):
+    """A registered (core / multi-user) endpoint and its latest heartbeat."""
+
+    __tablename__ = "endpoints"
+    id: Mapped[str] = mapped_column(String(UUID_LEN), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(UUID_LEN), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    display_name: Mapped[str | None] = mapped_column(String(256))
+    public: Mapped[bool] = mapped_column(Boolean, default=False)
+    multi_user: Mapped[bool] = mapped_column(Boolean, default=False)
+    high_assurance: Mapped[bool] = mapped_column(Boolean, default=False)
+    metadata_: Mapped[dict] = mapped_column("metadata", JSON, default=dict)
+    allowed_functions: Mapped[list] = mapped_column(JSON, default=list)
+    registered: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_heartbeat: Mapped[float | None] = mapped_column(Float)
+    heartbeat_period: Mapped[float | None] = mapped_column(Float)
+    last_state: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class UserEndpoint(Base):
+    """One user endpoint: (endpoint, identity, user_endpoint_config) -> id and name."""
+
+    __tablename__ = "user_endpoints"
+    id: Mapped[str] = mapped_column(String(UUID_LEN), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"))
+    identity_id: Mapped[str] = mapped_column(String(UUID_LEN))
+    name: Mapped[str] = mapped_column(String(128))
+    user_opts: Mapped[dict] = mapped_column(JSON, default=dict)
+    last_heartbeat: Mapped[float | None] = mapped_column(Float)
+    heartbeat_period: Mapped[float | None] = mapped_column(Float)
+    last_state: Mapped[dict] = mapped_column(JSON, default=dict)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Function(Base):
+    """A registered function in its executable (serialized) form."""
+
+    __tablename__ = "functions"
+    id: Mapped[str] = mapped_column(String(UUID_LEN), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(UUID_LEN), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    code: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    public: Mapped[bool] = mapped_column(Boolean, default=False)
+    meta: Mapped[dict] = mapped_column(JSON, default=dict)
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TaskGroup(Base):
+    """A task group; its SDK result queue is ``queue_prefix + id``."""
+
+    __tablename__ = "task_groups"
+    id: Mapped[str] = mapped_column(String(UUID_LEN), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(UUID_LEN), index=True)
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Task(Base):
+    """A submitted task and, once known, its result or exception."""
+
+    __tablename__ = "tasks"
+    id: Mapped[str] = mapped_column(String(UUID_LEN), primary_key=True)
+    task_group_id: Mapped[str] = mapped_column(ForeignKey("task_groups.id"), index=True)
+    owner_id: Mapped[str] = mapped_column(String(UUID_LEN), index=True)
+    function_id: Mapped[str] = mapped_column(String(UUID_LEN))
+    endpoint_id: Mapped[str] = mapped_column(String(UUID_LEN))
+    user_endpoint_id: Mapped[str] = mapped_column(String(UUID_LEN), index=True)
+    status: Mapped[str] = mapped_column(String(32), default="waiting-for-ep")
+    result: Mapped[str | None] = mapped_column(Text)
+    exception: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict | None] = mapped_column(JSON)
+    created_t: Mapped[float] = mapped_column(Float)
+    completion_t: Mapped[float | None] = mapped_column(Float)

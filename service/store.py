@@ -1,0 +1,123 @@
+"""Persistence: opening the database and the queries the routes need.
+
+``sqlite:///path`` is the default; ``postgresql://`` URLs are rewritten to
+SQLAlchemy's psycopg (v3) driver so admins can paste the URL they already use.
+Every query takes a Session so a request handler, the forwarder thread and the
+admin CLI each control their own transaction.
+"""
+
+from __future__ import annotations
+
+import time
+import typing as t
+
+from sqlalchemy import create_engine, event, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import schema
+
+PENDING = "waiting-for-ep"
+TERMINAL = ("success", "failed")
+
+
+def engine_url(url: str) -> str:
+    """Route ``postgres(ql)://`` to psycopg v3; leave every other URL alone."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def open_database(url: str) -> sessionmaker[Session]:
+    """Create the tables if needed and return a session factory."""
+    url = engine_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    schema.Base.metadata.create_all(engine)
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def _sqlite_pragmas(dbapi_connection: t.Any, _record: t.Any) -> None:
+    """WAL lets the forwarder write while request handlers read."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def dispose(factory: sessionmaker[Session]) -> None:
+    engine: Engine = factory.kw["bind"]
+    engine.dispose()
+
+
+def identity_by_username(s: Session, username: str) -> schema.Identity | None:
+    return s.scalar(select(schema.Identity).where(schema.Identity.username == username))
+
+
+def identity_set(s: Session, client: schema.ApiClient) -> list[schema.Identity]:
+    """The client's identities, its own first, in the order they were linked."""
+    ids = [client.identity_id, *client.linked_ids]
+    found = {i.id: i for i in s.scalars(select(schema.Identity).where(schema.Identity.id.in_(ids)))}
+    return [found[i] for i in ids if i in found]
+
+
+def visible_endpoints(s: Session, identity_id: str, owned_only: bool) -> list[schema.Endpoint]:
+    query = select(schema.Endpoint).order_by(schema.Endpoint.registered)
+    if owned_only:
+        query = query.where(schema.Endpoint.owner_id == identity_id)
+    else:
+        query = query.where(
+            (schema.Endpoint.owner_id == identity_id) | schema.Endpoint.public.is_(True)
+        )
+    return list(s.scalars(query))
+
+
+def tasks_of_group(s: Session, task_group_id: str) -> list[schema.Task]:
+    query = select(schema.Task).where(schema.Task.task_group_id == task_group_id)
+    return list(s.scalars(query.order_by(schema.Task.created_t)))
+
+
+def owned_tasks(s: Session, owner_id: str, task_ids: list[str]) -> list[schema.Task]:
+    query = select(schema.Task).where(
+        schema.Task.id.in_(task_ids), schema.Task.owner_id == owner_id
+    )
+    return list(s.scalars(query))
+
+
+def pending_tasks_of_user_endpoint(s: Session, user_endpoint_id: str) -> list[schema.Task]:
+    query = select(schema.Task).where(
+        schema.Task.user_endpoint_id == user_endpoint_id, schema.Task.status == PENDING
+    )
+    return list(s.scalars(query))
+
+
+def finish_task(
+    s: Session,
+    task_id: str,
+    *,
+    status: str,
+    result: str | None = None,
+    exception: str | None = None,
+    details: dict | None = None,
+) -> bool:
+    """Record a task's outcome once; False if the task is unknown or already done."""
+    done = s.execute(
+        update(schema.Task)
+        .where(schema.Task.id == task_id, schema.Task.status.not_in(TERMINAL))
+        .values(
+            status=status,
+            result=result,
+            exception=exception,
+            details=details,
+            completion_t=time.time(),
+        )
+    )
+    return done.rowcount == 1
+
+
+def purge_expired_tokens(s: Session, now: float) -> None:
+    s.execute(schema.AccessToken.__table__.delete().where(schema.AccessToken.expires_at < now))
