@@ -1,0 +1,190 @@
+"""The manager's decision core: a start command in, a launch plan or a rejection out.
+
+Pure: everything it needs (the identity mapper, the account policy, the
+template renderer, what is already running) arrives as data or as a function in
+:class:`DecisionContext`, so every path is unit-testable without AMQP, fork or
+root. The order of checks after :func:`mep.command.parse_command` is: identity
+(mapping, or the owner's identity set for an unprivileged manager), account
+policy, per-user limits, template rendering.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+from collections.abc import Callable, Mapping, Sequence
+
+from identity.mapping import MappingOutcome
+from identity.policy import Allowed, Refused
+from mep.command import Properties, Rejection, StartCommand, parse_command
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderedConfig:
+    """A user endpoint config rendered from the admin's template for one start."""
+
+    yaml_text: str
+    config: t.Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """How many user endpoints may run: per local account and in all (None = no limit)."""
+
+    per_user: int | None = None
+    total: int | None = None
+
+
+RenderFn = Callable[[StartCommand, Allowed, dict], RenderedConfig | Rejection]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionContext:
+    """What the manager knows when a command arrives.
+
+    Exactly one of ``map_identity`` (a privileged manager with a mapping file)
+    and ``owner`` + ``owner_identities`` (a manager that runs user endpoints as
+    its own account, accepting only its owner's Globus identities) is set.
+    """
+
+    check_account: Callable[[str], Allowed | Refused]
+    render: RenderFn
+    manager_pid: int
+    running: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    limits: Limits = Limits()
+    map_identity: Callable[[Sequence[dict]], MappingOutcome] | None = None
+    owner: Allowed | None = None
+    owner_identities: frozenset[str] = frozenset()
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchPlan:
+    """Everything needed to start one user endpoint, decided but not yet done."""
+
+    command: StartCommand
+    account: Allowed
+    rendered: RenderedConfig
+    ep_info: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Refresh:
+    """The user endpoint already runs: hand it the command's fresh credentials."""
+
+    command: StartCommand
+
+
+Decision = LaunchPlan | Refresh | Rejection
+
+
+def _describe_identities(identity_set: Sequence[dict]) -> str:
+    return ", ".join(f"{i.get('username')} ({i.get('id') or i.get('sub')})" for i in identity_set)
+
+
+def _reject(cmd: StartCommand, check: str, user: str, admin: str) -> Rejection:
+    who = (
+        f"Globus effective identity: {cmd.effective_identity}; Globus username: {cmd.username};"
+        f" identity set: {_describe_identities(cmd.identity_set)}"
+    )
+    return Rejection(
+        check,
+        user,
+        f"{admin} (user endpoint {cmd.name}; {who})",
+        cmd.amqp_creds.heartbeat_queue_info,
+        cmd.endpoint_id,
+    )
+
+
+def _subs(identity_set: Sequence[dict]) -> set[str]:
+    return {str(i.get("sub") or i.get("id")) for i in identity_set if i.get("sub") or i.get("id")}
+
+
+def _identify(cmd: StartCommand, ctx: DecisionContext) -> tuple[Allowed, dict] | Rejection:
+    """Who the command runs as, and the ep_info identity fields that go with it."""
+    if ctx.map_identity is None:
+        if ctx.owner is None or not _subs(cmd.identity_set) & ctx.owner_identities:
+            return _reject(
+                cmd,
+                "untrusted_identity",
+                "Ignoring start request for untrusted identity: this endpoint runs"
+                " only for its owner",
+                "identity set does not include the manager owner's identity",
+            )
+        return ctx.owner, {}
+    outcome = ctx.map_identity(cmd.identity_set)
+    if outcome.local_user is None:
+        return _reject(
+            cmd,
+            "identity_mapping",
+            "Identity failed to map to a local user name on this endpoint;"
+            " ask the endpoint administrator to add a mapping for your identity",
+            "no identity mapping rule matched: " + "; ".join(outcome.explain()[-5:]),
+        )
+    verdict = ctx.check_account(outcome.local_user)
+    if isinstance(verdict, Refused):
+        return _reject(cmd, f"policy:{verdict.rule}", verdict.user_message, verdict.admin_message)
+    identity_info = {
+        "globus_matched_identity": outcome.matched_identity_id,
+        "globus_candidate_identities": outcome.candidates(),
+    }
+    return verdict, identity_info
+
+
+def _over_limit(cmd: StartCommand, account: Allowed, ctx: DecisionContext) -> Rejection | None:
+    mine = sum(1 for user in ctx.running.values() if user == account.name)
+    if ctx.limits.per_user is not None and mine >= ctx.limits.per_user:
+        return _reject(
+            cmd,
+            "limit_per_user",
+            f"You already have {mine} user endpoints running here (the limit is"
+            f" {ctx.limits.per_user}); wait for one to go idle or reuse its configuration",
+            f"local user {account.name!r} is at the per-user limit of {ctx.limits.per_user}",
+        )
+    if ctx.limits.total is not None and len(ctx.running) >= ctx.limits.total:
+        return _reject(
+            cmd,
+            "limit_total",
+            "This endpoint is running as many user endpoints as it may; try again later",
+            f"total user endpoint limit {ctx.limits.total} reached",
+        )
+    return None
+
+
+def mapped_identity(account: Allowed, globus_id: str | None) -> dict:
+    """``_GC.mapped_identity`` for the template: the local account and the Globus id."""
+    local = {
+        "uname": account.name,
+        "uid": account.uid,
+        "gid": account.gid,
+        "groups": list(account.groups),
+        "dir": account.home,
+        "shell": account.shell,
+    }
+    return {"local": local, "globus": {"id": globus_id}}
+
+
+def decide_start(cmd: StartCommand, ctx: DecisionContext) -> Decision:
+    """Decide what to do with a well-formed start command."""
+    if cmd.name in ctx.running:
+        return Refresh(cmd)
+    identified = _identify(cmd, ctx)
+    if isinstance(identified, Rejection):
+        return identified
+    account, identity_info = identified
+    limited = _over_limit(cmd, account, ctx)
+    if limited:
+        return limited
+    globus_id = identity_info.get("globus_matched_identity")
+    rendered = ctx.render(cmd, account, mapped_identity(account, globus_id))
+    if isinstance(rendered, Rejection):
+        return rendered
+    ep_info = {"posix_ppid": ctx.manager_pid, **identity_info}
+    return LaunchPlan(cmd, account, rendered, ep_info)
+
+
+def decide(props: Properties, body: bytes, now: float, ctx: DecisionContext) -> Decision:
+    """The whole decision for one raw command from the command queue."""
+    parsed = parse_command(props, body, now)
+    if isinstance(parsed, Rejection):
+        return parsed
+    return decide_start(parsed, ctx)

@@ -1,0 +1,270 @@
+"""The manager's decision core, path by path (MEP.md §3 items 17-31 as a checklist).
+
+Pure: fakes stand in for the mapper, the password database and the renderer.
+"""
+
+import json
+import uuid
+
+import pytest
+
+from identity.mapping import load_mapping_documents
+from identity.policy import AccountPolicy, Allowed, PasswdEntry, check_account
+from mep.command import Properties, Rejection, parse_command
+from mep.decision import (
+    DecisionContext,
+    LaunchPlan,
+    Limits,
+    Refresh,
+    RenderedConfig,
+    decide,
+)
+
+NOW = 1_800_000_000
+UEP_ID = uuid.uuid4()
+URL = "amqp://u:secretpw@127.0.0.1:5672/%2F"
+ALICE = {"id": "a1", "sub": "a1", "username": "alice@uni.edu", "status": "used", "email": None}
+BOB = {"id": "b2", "sub": "b2", "username": "bob@lab.org", "status": "used"}
+USERS = {
+    "alice": PasswdEntry("alice", 2001, 2001, "/home/alice", "/bin/bash"),
+    "bob": PasswdEntry("bob", 2002, 2002, "/home/bob", "/bin/sh"),
+    "root": PasswdEntry("root", 0, 0, "/root", "/bin/bash"),
+    "daemon": PasswdEntry("daemon", 1, 1, "/usr/sbin", "/usr/sbin/nologin"),
+    "svc": PasswdEntry("svc", 999, 999, "/srv", "/bin/sh"),
+}
+MAPPING = [
+    {
+        "DATA_TYPE": "expression_identity_mapping#1.0.0",
+        "mappings": [
+            {
+                "source": "{username}",
+                "match": "(.*)@(uni\\.edu|lab\\.org|root\\.x|sys\\.x|ghost\\.x)",
+                "output": "{0}",
+            }
+        ],
+    }
+]
+
+
+def creds():
+    write = {"connection_url": URL, "exchange": "heartbeats", "queue": "heartbeats"}
+    return {
+        "endpoint_id": str(UEP_ID),
+        "task_queue_info": {"connection_url": URL, "exchange": "tasks", "queue": "x.tasks"},
+        "result_queue_info": dict(write, exchange="results", queue="results"),
+        "heartbeat_queue_info": write,
+    }
+
+
+def body(**overrides):
+    data = {
+        "command": "cmd_start_endpoint",
+        "globus_username": "alice@uni.edu",
+        "globus_effective_identity": "a1",
+        "globus_identity_set": [ALICE],
+        "args": [],
+        "kwargs": {
+            "name": "uep.x.1",
+            "amqp_creds": creds(),
+            "user_opts": {"account": "abc"},
+            "user_runtime": {},
+        },
+    }
+    data.update(overrides)
+    return json.dumps(data).encode()
+
+
+def props(**overrides):
+    values = {"content_type": "application/json", "timestamp": NOW}
+    values.update(overrides)
+    return Properties(**values)
+
+
+def render_ok(cmd, account, mapped):
+    return RenderedConfig(
+        f"engine: {{type: ThreadPoolEngine}}\n# {mapped['local']['uname']}\n", object()
+    )
+
+
+def context(**overrides):
+    mapper = load_mapping_documents(MAPPING)
+    values = dict(
+        check_account=lambda name: check_account(
+            name, AccountPolicy(), 0, lookup_user=USERS.get, lookup_groups=lambda n, g: ((g, n),)
+        ),
+        render=render_ok,
+        manager_pid=4242,
+        map_identity=mapper.map,
+    )
+    values.update(overrides)
+    return DecisionContext(**values)
+
+
+def test_happy_path_plans_a_launch_as_the_mapped_account():
+    plan = decide(props(), body(), NOW, context())
+    assert isinstance(plan, LaunchPlan)
+    assert plan.account.name == "alice" and plan.account.uid == 2001
+    assert plan.command.name == "uep.x.1" and plan.command.user_opts == {"account": "abc"}
+    assert plan.ep_info["posix_ppid"] == 4242
+    assert plan.ep_info["globus_matched_identity"] == "a1"
+    assert plan.ep_info["globus_candidate_identities"] == [{"a1": ["alice"]}]
+    assert "# alice" in plan.rendered.yaml_text
+
+
+def test_a_linked_identity_can_match_when_the_first_cannot():
+    stranger = {"id": "s0", "sub": "s0", "username": "s@elsewhere.com", "status": "used"}
+    plan = decide(props(), body(globus_identity_set=[stranger, BOB]), NOW, context())
+    assert isinstance(plan, LaunchPlan) and plan.account.name == "bob"
+
+
+def test_running_name_refreshes_instead_of_launching():
+    decision = decide(props(), body(), NOW, context(running={"uep.x.1": "alice"}))
+    assert isinstance(decision, Refresh)
+    assert decision.command.amqp_creds.endpoint_id == UEP_ID
+
+
+def rejected(decision, check):
+    assert isinstance(decision, Rejection), decision
+    assert decision.check == check
+    assert "secretpw" not in decision.user_message + decision.admin_message
+    return decision
+
+
+@pytest.mark.parametrize(
+    ("p", "b", "check"),
+    [
+        (props(content_type="text/plain"), body(), "content_type"),
+        (props(), b"{not json", "json"),
+        (props(), b"[1]", "json"),
+        (props(timestamp=None), body(), "timestamp"),
+        (props(timestamp="1800000000"), body(), "timestamp"),
+        (props(timestamp=NOW - 181), body(), "timestamp"),
+        (props(timestamp=NOW + 181), body(), "timestamp"),
+        (
+            props(),
+            body(globus_identity_set=None).replace(b'"globus_identity_set": null, ', b""),
+            "identity_fields",
+        ),
+        (props(), body(globus_identity_set=[]), "identity_fields"),
+        (props(), body(globus_identity_set=["a1"]), "identity_fields"),
+        (props(), body(command="cmd_stop_endpoint"), "command"),
+        (props(), body(command="_private"), "command"),
+        (props(), body(command="cmd_" + "a" * 101), "command"),
+        (props(), body(command=None), "command"),
+        (props(), body(kwargs={"name": "../etc", "amqp_creds": creds()}), "kwargs"),
+        (props(), body(kwargs={"name": ".hidden", "amqp_creds": creds()}), "kwargs"),
+        (props(), body(kwargs={"name": "ok"}), "kwargs"),
+        (props(), body(kwargs={"name": "ok", "amqp_creds": creds(), "user_opts": [1]}), "kwargs"),
+        (props(), body(kwargs=[]), "kwargs"),
+    ],
+)
+def test_malformed_commands_are_rejected_at_the_right_check(p, b, check):
+    rejected(decide(p, b, NOW, context()), check)
+
+
+def test_missing_identity_field_is_named():
+    data = json.loads(body())
+    del data["globus_username"]
+    decision = rejected(
+        decide(props(), json.dumps(data).encode(), NOW, context()), "identity_fields"
+    )
+    assert "globus_username" in decision.user_message
+
+
+def test_rejections_after_parsing_reply_on_the_ueps_heartbeat_queue():
+    decision = rejected(decide(props(timestamp=NOW - 999), body(), NOW, context()), "timestamp")
+    assert decision.notify.queue == "heartbeats" and decision.endpoint_id == UEP_ID
+    early = rejected(decide(props(content_type=None), body(), NOW, context()), "content_type")
+    assert early.notify is None
+
+
+@pytest.mark.parametrize(
+    ("username", "check", "leak"),
+    [
+        ("carol@nowhere.org", "identity_mapping", None),
+        ("root@root.x", "policy:root", None),
+        ("daemon@sys.x", "policy:min_uid", "daemon"),
+        ("svc@sys.x", "policy:min_uid", "svc"),
+        ("ghost@ghost.x", "policy:unknown-user", "ghost"),
+    ],
+)
+def test_identity_and_policy_refusals_never_name_the_local_account(username, check, leak):
+    identity = {"id": "c3", "sub": "c3", "username": username, "status": "used"}
+    decision = rejected(
+        decide(props(), body(globus_identity_set=[identity]), NOW, context()), check
+    )
+    if leak:
+        assert leak not in decision.user_message
+        assert leak in decision.admin_message
+    assert "c3" in decision.admin_message
+
+
+def test_manager_own_uid_is_refused():
+    ctx = context(
+        check_account=lambda name: check_account(
+            name, AccountPolicy(), 2001, lookup_user=USERS.get, lookup_groups=lambda n, g: ((g, n),)
+        )
+    )
+    rejected(decide(props(), body(), NOW, ctx), "policy:manager-uid")
+
+
+def test_per_user_and_total_limits():
+    one_running = {"uep.other": "alice"}
+    rejected(
+        decide(props(), body(), NOW, context(running=one_running, limits=Limits(per_user=1))),
+        "limit_per_user",
+    )
+    assert isinstance(
+        decide(props(), body(), NOW, context(running={"uep.b": "bob"}, limits=Limits(per_user=1))),
+        LaunchPlan,
+    )
+    rejected(
+        decide(props(), body(), NOW, context(running={"uep.b": "bob"}, limits=Limits(total=1))),
+        "limit_total",
+    )
+
+
+def test_render_failure_is_passed_through():
+    def render_fails(cmd, account, mapped):
+        return Rejection(
+            "render", "template needs option 'account', which was not given", "admin detail"
+        )
+
+    decision = rejected(decide(props(), body(), NOW, context(render=render_fails)), "render")
+    assert "account" in decision.user_message
+
+
+def test_render_sees_the_mapped_identity():
+    seen = {}
+
+    def spy(cmd, account, mapped):
+        seen.update(mapped)
+        return render_ok(cmd, account, mapped)
+
+    decide(props(), body(), NOW, context(render=spy))
+    assert seen["local"] == {
+        "uname": "alice",
+        "uid": 2001,
+        "gid": 2001,
+        "groups": [2001],
+        "dir": "/home/alice",
+        "shell": "/bin/bash",
+    }
+    assert seen["globus"] == {"id": "a1"}
+
+
+def owner_context(**overrides):
+    owner = Allowed("ops", 3000, 3000, (3000,), ("ops",), "/home/ops", "/bin/sh")
+    return context(map_identity=None, owner=owner, owner_identities=frozenset({"b2"}), **overrides)
+
+
+def test_unprivileged_manager_runs_only_its_owners_identities():
+    rejected(decide(props(), body(), NOW, owner_context()), "untrusted_identity")
+    plan = decide(props(), body(globus_identity_set=[ALICE, BOB]), NOW, owner_context())
+    assert isinstance(plan, LaunchPlan) and plan.account.name == "ops"
+    assert plan.ep_info == {"posix_ppid": 4242}
+
+
+def test_parse_command_alone_keeps_identity_set_order():
+    cmd = parse_command(props(), body(globus_identity_set=[BOB, ALICE]), NOW)
+    assert [i["id"] for i in cmd.identity_set] == ["b2", "a1"]
