@@ -1,0 +1,250 @@
+"""Fixtures for running the real compute service in tests.
+
+- ``rabbit_vhost``: a private RabbitMQ vhost (created with ``rabbitmqctl``,
+  deleted afterwards) so queues never collide with other test runs.
+- ``compute_service``: one ``compute-service start`` subprocess on port 5000
+  for the session (the SDK's ``local`` environment is fixed to
+  ``localhost:5000``). Port 5000 is shared by every concurrent test session on
+  the machine, so it is guarded by an ``flock``.
+- ``start_service``: start more instances on free ports (persistence tests).
+- ``postgres_url``: a throwaway schema in the ``test`` database, or a skip
+  naming why when no server answers on 127.0.0.1:5432.
+
+Use them with ``pytest_plugins = ["tests.fixtures_service"]`` or by importing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SDK_PORT = 5000
+PORT_LOCK = Path("/tmp/compute-agent-service-port-5000.lock")
+PORT_LOCK_WAIT_S = 90
+COMPUTE_SCOPE = "https://auth.globus.org/scopes/facd7ccc-c5f4-42aa-916b-a0e270e2c2a9/all"
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@contextlib.contextmanager
+def private_vhost(tag: str):
+    """Yield an amqp URL on a fresh vhost; the vhost is deleted on exit."""
+    vhost = f"ca-test-{tag}-{uuid.uuid4().hex[:8]}"
+    _rabbitmqctl("add_vhost", vhost)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
+def rabbit_vhost():
+    with private_vhost("svc") as url:
+        yield url
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def service_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@dataclasses.dataclass
+class RunningService:
+    """A ``compute-service start`` subprocess and how to reach it."""
+
+    port: int
+    db_url: str
+    amqp_url: str
+    log_path: Path
+    process: subprocess.Popen | None = None
+    extra_args: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        return f"http://localhost:{self.port}"
+
+    def start(self) -> None:
+        args = ["--port", str(self.port), "--amqp-url", self.amqp_url, "--db", self.db_url]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "start", *args, *self.extra_args],
+                env=_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"service exited early; log:\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/v2/version", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"service did not answer within 30 s; log:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def add_client(self, username: str, *linked: str) -> dict:
+        """Create a client through the admin CLI; returns its JSON."""
+        args = ["client", "add", "--username", username, "--db", self.db_url]
+        for other in linked:
+            args += ["--linked", other]
+        done = service_cli(*args)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def token(self, client: dict, scope: str = COMPUTE_SCOPE) -> str:
+        response = httpx.post(
+            f"{self.url}/v2/oauth2/token",
+            data={"grant_type": "client_credentials", "scope": scope},
+            auth=(client["client_id"], client["client_secret"]),
+        )
+        assert response.status_code == 200, response.text
+        return response.json()["access_token"]
+
+    def api(self, token: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def port_5000_lock():
+    """Serialise test sessions that need the SDK's fixed port 5000."""
+    with open(PORT_LOCK, "w") as handle:
+        deadline = time.monotonic() + PORT_LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        f"port {SDK_PORT} stayed locked by another test session ({PORT_LOCK})"
+                    )
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def compute_service(tmp_path_factory, rabbit_vhost):
+    """The service on port 5000 with a SQLite database, for the whole session."""
+    tmp = tmp_path_factory.mktemp("compute-service")
+    svc = RunningService(
+        port=SDK_PORT,
+        db_url=f"sqlite:///{tmp / 'service.db'}",
+        amqp_url=rabbit_vhost,
+        log_path=tmp / "service.log",
+    )
+    with port_5000_lock():
+        svc.start()
+        try:
+            yield svc
+        finally:
+            svc.stop()
+
+
+@pytest.fixture
+def start_service(tmp_path):
+    """Start extra service instances on free ports; all are stopped afterwards."""
+    started: list[RunningService] = []
+
+    def start(db_url: str, amqp_url: str, *extra_args: str) -> RunningService:
+        svc = RunningService(
+            port=free_port(),
+            db_url=db_url,
+            amqp_url=amqp_url,
+            log_path=tmp_path / f"service-{len(started)}.log",
+            extra_args=extra_args,
+        )
+        started.append(svc)
+        svc.start()
+        return svc
+
+    yield start
+    for svc in started:
+        svc.stop()
+
+
+def _postgres_answers() -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", 5432), timeout=1):
+        return True
+    return False
+
+
+@pytest.fixture
+def postgres_url():
+    """A URL whose connections use a fresh schema in database ``test``; dropped after."""
+    if not _postgres_answers():
+        pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432")
+    import psycopg
+
+    schema = f"ca_test_{uuid.uuid4().hex[:10]}"
+    admin = "postgresql://postgres@127.0.0.1:5432/test"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{admin}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """Each store test runs on SQLite and on PostgreSQL (skipped if absent)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("postgres_url")
