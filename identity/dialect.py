@@ -39,7 +39,7 @@ def translate_match(expression: str) -> str:
     """Return the Python regular expression (without anchors) for a GCS match expression."""
     parts: list[str] = []
     previous = ""  # the previous token: "" at the start, else a token kind
-    position = 0
+    position = depth = 0
     while position < len(expression):
         char = expression[position]
         if char == "\\":
@@ -59,11 +59,16 @@ def translate_match(expression: str) -> str:
             _check_quantifier(expression, char, previous)
             previous = "quantifier"
         elif char in SPECIAL:
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth < 0:
+                raise DialectError(f"{expression!r}: ')' at position {position} closes nothing")
             previous = char
         else:
             previous = "atom"
         parts.append(char if char in SPECIAL else re.escape(char))
         position += 1
+    if depth:
+        raise DialectError(f"{expression!r}: {depth} '(' left unclosed")
     return "".join(parts)
 
 

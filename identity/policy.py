@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 CONTACT = "contact the endpoint administrator"
+PRIVILEGED = "privileged-account"
 
 
 @dataclass(frozen=True)
@@ -95,14 +96,11 @@ def check_account(
             f"mapped local user {local_user!r} is not in the password database",
         )
     who = f"mapped local user {entry.name!r} (uid {entry.uid})"
+    privileged = "your identity maps to a privileged account that never runs tasks"
     if entry.uid == 0:
-        return _refuse("root", "your identity maps to the superuser account", f"{who} is root")
+        return _refuse("superuser", privileged, f"{who} is the superuser", PRIVILEGED)
     if entry.uid == manager_uid:
-        return _refuse(
-            "manager-uid",
-            "your identity maps to the account the endpoint manager runs as",
-            f"{who} is the manager's own account",
-        )
+        return _refuse("manager-account", privileged, f"{who} is the manager's own", PRIVILEGED)
     if entry.name in policy.denied_users:
         return _refuse("denied_users", "your local account is denied", f"{who} is in denied_users")
     if entry.uid < policy.min_uid and entry.name not in policy.allow_system_accounts:
@@ -131,9 +129,11 @@ def check_account(
     )
 
 
-def _refuse(rule: str, user_reason: str, admin_reason: str) -> Refused:
+def _refuse(rule: str, user_reason: str, admin_reason: str, shown_rule: str = "") -> Refused:
+    """``shown_rule`` replaces a rule name that would itself tell the user too much."""
     return Refused(
-        f"Refused by the endpoint's account policy ({rule}): {user_reason}; {CONTACT}.",
+        f"Refused by the endpoint's account policy ({shown_rule or rule}): {user_reason}; "
+        f"{CONTACT}.",
         admin_reason,
         rule,
     )

@@ -1,0 +1,5 @@
+#!/bin/sh
+# External mapping program for tests that fails with a message on stderr.
+cat >/dev/null
+echo "ldap server unreachable" >&2
+exit 3
