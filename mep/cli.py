@@ -11,6 +11,7 @@ from __future__ import annotations
 import typer
 
 from identity.cli import register as register_identity
+from uep.cli import register as register_uep
 
 app = typer.Typer(
     name="compute-endpoint",
@@ -27,6 +28,7 @@ app = typer.Typer(
 
 
 register_identity(app)
+register_uep(app)
 
 
 @app.callback()

@@ -1,0 +1,218 @@
+"""Starting a user endpoint from the manager's stdin payload.
+
+Every start-up failure reaches two people: the admin gets a log line with the
+details (stderr is the endpoint log), and the submitting user gets an
+``EPStatusReport`` with ``{"error": ..., "heartbeat_period": 3}`` on the
+heartbeat queue, which the service turns into the text of their exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+import logging
+import os
+import pwd
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from uep.payload import LaunchPayload, PayloadError, credential_source, parse_payload
+from wire.amqp import install_redaction
+from wire.queue_info import AmqpCreds
+
+log = logging.getLogger("uep")
+
+EX_DATAERR = 65
+EX_CONFIG = 78
+STOP_GRACE_S = 10.0
+
+
+class StartupError(Exception):
+    """Start-up cannot proceed; the text is meant for the submitting user."""
+
+
+def _configure_logging(debug: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    install_redaction(root)
+
+
+def _creds_for_report(raw: bytes) -> AmqpCreds | None:
+    """Best effort: where to report a payload we could not fully accept."""
+    try:
+        return AmqpCreds.from_dict(json.loads(raw)["amqp_creds"])
+    except Exception:
+        return None
+
+
+def report_startup_failure(creds: AmqpCreds, message: str, port: int | None = None) -> None:
+    """Tell the submitting user why their endpoint did not start."""
+    from wire.amqp import connect, publish_kwargs
+    from wire.messages import EPStatusReport, pack
+
+    info = creds.heartbeat_queue_info
+    report = EPStatusReport(
+        endpoint_id=creds.endpoint_id,
+        global_state={"error": message, "heartbeat_period": 3},
+        task_statuses={},
+    )
+    try:
+        conn = connect(info.connection_url, port=port, connection_attempts=2)
+        try:
+            kwargs = publish_kwargs(info, mandatory=True)
+            conn.channel().basic_publish(body=pack(report), **kwargs)
+        finally:
+            conn.close()
+    except Exception as e:
+        log.error("could not report the start-up failure to the service: %s", e)
+
+
+def endpoint_dir(name: str, configured: str | None) -> Path:
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".globus_compute" / name
+
+
+def _lock(directory: Path):
+    """Hold ``daemon.pid`` for the process lifetime: one endpoint per directory."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handle = open(directory / "daemon.pid", "a+")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise StartupError(f"another user endpoint is already running in {directory}") from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _run_setup(command: str | None) -> None:
+    if not command:
+        return
+    done = subprocess.run(command, shell=True, check=False)
+    if done.returncode != 0:
+        raise StartupError(f"endpoint_setup failed with exit status {done.returncode}")
+
+
+def ep_info(payload: LaunchPayload, now: float) -> dict:
+    """What heartbeats say about this process, on top of what the manager sent."""
+    user = pwd.getpwuid(os.getuid())
+    return {
+        **payload.ep_info,
+        "posix_username": user.pw_name,
+        "posix_uid": os.getuid(),
+        "posix_gid": os.getgid(),
+        "posix_groups": os.getgroups(),
+        "posix_pid": os.getpid(),
+        "posix_sid": os.getsid(0),
+        "config_raw": payload.config_text,
+        "start_iso": datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat(),
+        "start_unix": now,
+    }
+
+
+def _title_setter(endpoint_id: str, name: str):
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        return lambda _suffix: None
+    base = f"Globus Compute Endpoint ({endpoint_id}, {name})"
+    return lambda suffix: setproctitle(f"{base} {suffix}".rstrip())
+
+
+def main(name: str) -> int:
+    """``_start-user-endpoint NAME``: the exit status of the user endpoint."""
+    _configure_logging(os.environ.get("GC_UEP_DEBUG") == "1")
+    if sys.stdin.isatty():
+        log.error("_start-user-endpoint reads its launch payload from a pipe, not a terminal")
+        return EX_DATAERR
+    raw = sys.stdin.buffer.read()
+    try:
+        payload = parse_payload(raw)
+    except (PayloadError, ValueError) as e:
+        log.error("invalid launch payload: %s", e)
+        creds = _creds_for_report(raw)
+        if creds is not None:
+            report_startup_failure(creds, f"Endpoint failed to start: {e}")
+        return EX_DATAERR
+    try:
+        creds = credential_source(payload)()
+    except (PayloadError, ValueError, OSError) as e:
+        log.error("cannot read the broker credentials: %s", e)
+        return EX_DATAERR
+    return _serve(name, payload, creds)
+
+
+def _serve(name: str, payload: LaunchPayload, creds: AmqpCreds) -> int:
+    from templates.user_config import load_user_endpoint_config
+    from uep.endpoint import Settings, UserEndpoint, install_signal_handlers
+    from uep.engines import build_engine
+    from uep.store import Store
+
+    port = None
+    engine = None
+    try:
+        config = load_user_endpoint_config(payload.config_text)
+        port = config.amqp_port
+        if config.debug:
+            logging.getLogger().setLevel(logging.DEBUG)
+        directory = endpoint_dir(name, config.paths.endpoint_dir)
+        lock = _lock(directory)
+        _run_setup(config.endpoint_setup)
+        store = Store(directory / "uep_state.sqlite3")
+        engine = build_engine(config.engine)
+        engine.start(str(creds.endpoint_id), directory)
+    except Exception as e:
+        log.exception("user endpoint %s failed to start", name)
+        report_startup_failure(creds, f"Endpoint failed to start: {e}", port)
+        if engine is not None:
+            engine.shutdown()
+        return EX_CONFIG
+    (directory / "endpoint.json").write_text(json.dumps({"endpoint_id": str(creds.endpoint_id)}))
+    allowed = payload.allowed_functions or config.allowed_functions
+    settings = Settings(
+        heartbeat_period=config.heartbeat_period,
+        idle_soft=config.idle_heartbeats_soft,
+        idle_hard=config.idle_heartbeats_hard,
+        amqp_port=port,
+        allowed_functions=None
+        if allowed is None
+        else frozenset(str(uuid.UUID(f)) for f in allowed),
+        stop_grace_s=STOP_GRACE_S,
+        rerun_unfinished=engine.max_retries > 0,
+    )
+    set_title = _title_setter(str(creds.endpoint_id), name)
+    set_title("")
+    first = [creds]
+    source = credential_source(payload)
+    endpoint = UserEndpoint(
+        engine=engine,
+        store=store,
+        credentials=lambda: first.pop() if first else source(),
+        endpoint_id=str(creds.endpoint_id),
+        ep_info=ep_info(payload, time.time()),
+        settings=settings,
+        set_title=set_title,
+    )
+    install_signal_handlers(endpoint)
+    try:
+        status = endpoint.run()
+        log.info("user endpoint %s stopped: %s", name, endpoint.stop_reason)
+        return status
+    finally:
+        with contextlib.suppress(Exception):
+            engine.shutdown()
+        store.close()
+        lock.close()
