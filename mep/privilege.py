@@ -1,0 +1,469 @@
+"""The privileged edge: every syscall that changes who a process is lives here.
+
+Read it as a checklist. A user endpoint is started by forking; the child then
+runs the steps of :func:`_drop_steps` in order and execs. Each step has a name;
+if one fails, the child writes ``step, errno, message`` on a close-on-exec
+status pipe and exits, and the parent raises :class:`SpawnError` naming that
+step. A successful exec closes the pipe, which the parent reads as "started".
+
+The forked child runs only ``os`` calls on data the parent prepared (no
+logging, no imports, no name-service lookups): the manager is multi-threaded
+and another thread may have held a lock at the moment of the fork.
+
+With PAM, the first child stays root as a *PAM holder*: it opens the PAM
+session, forks the user endpoint, waits for it and only then closes the
+session, so the session lasts exactly as long as the user endpoint (the
+official endpoint closes it before exec).
+
+Root never signals a pid it did not verify: :func:`signal_as_user` forks a
+helper that becomes the child's user first, so a recycled pid or process group
+owned by someone else yields EPERM instead of a signal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import pwd
+import resource
+import select
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+PR_SET_PDEATHSIG = 1
+SPAWN_TIMEOUT_S = 60.0
+_FAILED = 127
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True)
+class LocalAccount:
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+    shell: str
+
+
+@dataclass(frozen=True)
+class SpawnRequest:
+    account: LocalAccount
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    stdin_payload: bytes
+    log_dir: str
+    log_name: str = "endpoint.log"
+    use_pam: bool = False
+    pam_service: str = "compute-agent"
+    extra_fds: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Spawned:
+    pid: int
+    pgid: int
+    account: LocalAccount
+
+
+class SpawnError(Exception):
+    """A user endpoint did not start; ``step`` names the checklist item that failed.
+
+    ``admin_message`` has the details (local user, paths, errno) for the log;
+    ``user_message`` is safe to send to the person who asked for the endpoint.
+    """
+
+    def __init__(self, step: str, admin_message: str, user_message: str):
+        super().__init__(admin_message)
+        self.step = step
+        self.admin_message = admin_message
+        self.user_message = user_message
+
+
+_USER_HINTS = {
+    "request": "the endpoint manager built an invalid launch request",
+    "account": "your local account is missing or not allowed to run endpoints",
+    "pam account": "the site's PAM account policy refused your local account",
+    "pam session": "the site's PAM session setup failed for your local account",
+    "chdir home": "your local home directory is missing or not accessible",
+    "log dir": "the user endpoint's directory could not be created in your home",
+    "open log": "the user endpoint's log file could not be opened",
+    "exec": "the user endpoint program could not be executed",
+    "timeout": "the user endpoint took too long to start",
+}
+
+
+def _user_message(step: str) -> str:
+    hint = _USER_HINTS.get(step, "the endpoint could not switch to your local account")
+    return (
+        f"Failed to start your user endpoint (step: {step}): {hint}. "
+        "Please contact the endpoint administrator."
+    )
+
+
+def _spawn_error(req: SpawnRequest, step: str, detail: str) -> SpawnError:
+    acct = req.account
+    admin = (
+        f"user endpoint for local user {acct.name!r} (uid {acct.uid}) failed at step "
+        f"{step!r}: {detail} [argv={list(req.argv)!r}, log_dir={req.log_dir!r}]"
+    )
+    return SpawnError(step, admin, _user_message(step))
+
+
+def spawn_user_endpoint(req: SpawnRequest) -> Spawned:
+    """Fork, drop to ``req.account`` and exec ``req.argv``; raise SpawnError on any failure."""
+    problem = _check_request(req)
+    if problem:
+        raise _spawn_error(req, *problem)
+    pam = _pam_session(req)
+    status_r, status_w = _high_pipe()
+    payload_fd = _payload_memfd(req.stdin_payload)
+    parent = os.getpid()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _run_child(req, status_w, payload_fd, parent, pam)
+    finally:
+        os.close(status_w)
+        os.close(payload_fd)
+    try:
+        records = _read_status(status_r, pid)
+    finally:
+        os.close(status_r)
+    return _outcome(req, pid, records)
+
+
+def _pam_session(req: SpawnRequest):
+    """Load libpam in the parent (the child must not dlopen); None without PAM."""
+    if not req.use_pam:
+        return None
+    from mep.pam import PamError, PamSession
+
+    try:
+        return PamSession(req.pam_service, req.account.name)
+    except (OSError, PamError) as exc:
+        raise _spawn_error(req, "pam account", f"cannot use PAM: {exc}") from None
+
+
+def _check_request(req: SpawnRequest) -> tuple[str, str] | None:
+    """Refuse, before forking, what no checklist step could make right."""
+    acct = req.account
+    if not req.argv or not os.path.isabs(req.argv[0]):
+        return "request", f"argv[0] must be an absolute path, got {list(req.argv)!r}"
+    if any(fd < 3 for fd in req.extra_fds):
+        return "request", f"extra_fds must be >= 3, got {req.extra_fds!r}"
+    if not os.path.isabs(req.log_dir) or "/" in req.log_name or req.log_name in ("", ".", ".."):
+        return "request", f"bad log location {req.log_dir!r} / {req.log_name!r}"
+    if any("=" in k or "\0" in k + v for k, v in req.env.items()):
+        return "request", "environment has a key with '=' or a NUL character"
+    if acct.uid == 0 or acct.gid == 0:
+        return "account", "refusing to run a user endpoint as root (uid or gid 0)"
+    try:
+        entry = pwd.getpwnam(acct.name)
+    except KeyError:
+        return "account", "no such local user in the password database"
+    if (entry.pw_uid, entry.pw_gid) != (acct.uid, acct.gid):
+        return "account", f"passwd now says uid {entry.pw_uid} gid {entry.pw_gid}"
+    return None
+
+
+def _high_pipe() -> tuple[int, int]:
+    """A close-on-exec pipe numbered >= 3, so dup2 onto 0-2 can never clobber it."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    high = tuple(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in (r, w))
+    os.close(r)
+    os.close(w)
+    return high
+
+
+def _payload_memfd(payload: bytes) -> int:
+    """The payload in a sealed memory file: any size, no pipe buffer, no writer thread."""
+    fd = os.memfd_create("compute-agent-payload", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view) :]
+    seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    os.lseek(fd, 0, os.SEEK_SET)
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    return high
+
+
+def _read_status(status_r: int, pid: int) -> list[tuple[str, ...]]:
+    """Records the child(ren) wrote before exec closed the pipe; a stuck child is killed."""
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    data = b""
+    while True:
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([status_r], [], [], max(left, 0))
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return [("timeout", "0", f"no exec after {SPAWN_TIMEOUT_S:.0f} s")]
+        chunk = os.read(status_r, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return [tuple(rec.decode(errors="replace").split("\0")) for rec in data.split(b"\n") if rec]
+
+
+def _outcome(req: SpawnRequest, pid: int, records: list[tuple[str, ...]]) -> Spawned:
+    failures = [r for r in records if r[0] != "pid"]
+    if failures:
+        os.waitpid(pid, 0)
+        step, err, message = (*failures[0], "", "")[:3]
+        detail = f"{message} (errno {err})" if err not in ("", "0") else message
+        raise _spawn_error(req, step, detail)
+    endpoint_pids = [int(r[1]) for r in records if r[0] == "pid"]
+    pgid = endpoint_pids[0] if endpoint_pids else pid
+    return Spawned(pid=pid, pgid=pgid, account=req.account)
+
+
+def _report(status_w: int, step: str, exc: BaseException) -> None:
+    err = getattr(exc, "errno", None) or 0
+    text = (str(exc) or type(exc).__name__).replace("\n", " ").replace("\0", " ")
+    os.write(status_w, f"{step}\0{err}\0{text}\n".encode())
+
+
+def _run_steps(status_w: int, steps: list[tuple[str, Callable[[], object]]]) -> None:
+    """Run named steps in order; on the first failure report it and exit the child."""
+    for step, action in steps:
+        try:
+            action()
+        except BaseException as exc:
+            _report(status_w, step, exc)
+            os._exit(_FAILED)
+
+
+def _run_child(req: SpawnRequest, status_w: int, payload_fd: int, parent: int, pam) -> None:
+    """The forked child: never returns (it execs, or reports and exits)."""
+    try:
+        keep = {status_w, payload_fd, *req.extra_fds}
+        _run_steps(
+            status_w,
+            [
+                ("clear environment", os.environ.clear),
+                ("close descriptors", lambda: _close_all_but(keep)),
+                ("keep extra descriptors", lambda: _make_inheritable(req.extra_fds)),
+            ],
+        )
+        if pam is not None:
+            _hold_pam_session(req, status_w, payload_fd, parent, pam)
+        _run_steps(status_w, _drop_steps(req, payload_fd, parent, pam))
+    finally:
+        os._exit(_FAILED)
+
+
+def _hold_pam_session(req: SpawnRequest, status_w: int, payload_fd: int, parent: int, pam):
+    """Stay root holding the PAM session; fork the user endpoint; close it when it exits."""
+    _run_steps(
+        status_w,
+        [
+            ("parent death signal", lambda: _die_with_parent(parent)),
+            ("setsid", os.setsid),
+            ("pam account", pam.check_account),
+            ("pam session", pam.open_session),
+        ],
+    )
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGCHLD})
+    holder = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        _run_steps(status_w, _drop_steps(req, payload_fd, holder, pam))
+        os._exit(_FAILED)
+    os.write(status_w, f"pid\0{pid}\0\n".encode())
+    for fd in (status_w, payload_fd, *req.extra_fds):
+        os.close(fd)
+    status = _wait_forwarding_stop(pid)
+    pam.close()
+    _exit_like(status)
+
+
+def _wait_forwarding_stop(pid: int, grace_s: float = 10.0) -> int:
+    """Wait for the user endpoint; a SIGTERM to the holder stops its group (TERM, then KILL)."""
+    kill_at = None
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        info = signal.sigtimedwait({signal.SIGTERM, signal.SIGCHLD}, 0.5)
+        if info is not None and info.si_signo == signal.SIGTERM and kill_at is None:
+            kill_at = time.monotonic() + grace_s
+            _killpg_quietly(pid, signal.SIGTERM)
+        if kill_at is not None and time.monotonic() >= kill_at:
+            _killpg_quietly(pid, signal.SIGKILL)
+
+
+def _killpg_quietly(pgid: int, sig: int) -> None:
+    """Only for the holder's own unreaped child's group: its id cannot have been recycled."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def _exit_like(status: int) -> None:
+    """Exit the way the user endpoint did, so the manager's reaper sees its rc or signal."""
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {-code})
+        os.kill(os.getpid(), -code)
+    os._exit(code if code >= 0 else 128 - code)
+
+
+def _drop_steps(req: SpawnRequest, payload_fd: int, parent: int, pam) -> list:
+    """The checklist from root to the user endpoint's exec, in order."""
+    acct = req.account
+    log_fd: list[int] = []
+    drop = os.geteuid() == 0 or acct.uid != os.getuid()
+    steps: list[tuple[str, Callable[[], object]]] = [("reset signals", _reset_signals)]
+    if drop:
+        steps += [
+            ("setresgid", lambda: os.setresgid(acct.gid, acct.gid, acct.gid)),
+            ("initgroups", lambda: os.setgroups(list(acct.groups))),
+        ]
+        if pam is not None:
+            steps.append(("pam setcred", pam.reestablish_credentials))
+        steps.append(("setresuid", lambda: os.setresuid(acct.uid, acct.uid, acct.uid)))
+    groups = ("exact" if pam is None else "at least") if drop else "any"
+    steps += [
+        ("verify drop", lambda: _prove_unprivileged(acct, groups)),
+        ("setsid", os.setsid),
+        ("umask", lambda: os.umask(0o077)),
+        ("chdir home", lambda: os.chdir(acct.home)),
+        ("parent death signal", lambda: _die_with_parent(parent)),
+        ("log dir", lambda: _make_private_dirs(req.log_dir)),
+        ("open log", lambda: log_fd.append(_open_log(req.log_dir, req.log_name))),
+        ("stdio", lambda: _install_stdio(payload_fd, log_fd[0])),
+        ("exec", lambda: os.execve(req.argv[0], list(req.argv), req.env)),
+    ]
+    return steps
+
+
+def _reset_signals() -> None:
+    """Blocked and ignored signals survive exec: give the user endpoint the defaults."""
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def _close_all_but(keep: set[int]) -> None:
+    """Close every inherited descriptor except 0-2 and ``keep``, up to the hard limit."""
+    top = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    top = top if 0 < top < 2**31 - 1 else 2**31 - 1
+    low = 3
+    for fd in sorted(fd for fd in keep if fd >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, top)
+
+
+def _make_inheritable(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        os.set_inheritable(fd, True)
+
+
+def _prove_unprivileged(acct: LocalAccount, groups_rule: str) -> None:
+    """Fail unless the process is exactly the account and can never become root again.
+
+    ``groups_rule`` is "exact", "at least" (PAM modules may add groups) or "any"
+    (an unprivileged manager starting its own user's endpoint changes nothing).
+    """
+    ids = (acct.uid,) * 3, (acct.gid,) * 3
+    if (os.getresuid(), os.getresgid()) != ids:
+        raise PermissionError(f"ids are {os.getresuid()} / {os.getresgid()}, wanted {ids}")
+    groups, wanted = set(os.getgroups()), set(acct.groups)
+    if (groups_rule == "exact" and groups != wanted) or (
+        groups_rule == "at least" and not groups >= wanted
+    ):
+        raise PermissionError(f"groups are {sorted(groups)}, wanted {sorted(wanted)}")
+    for regain in (os.setresuid, os.setresgid):
+        try:
+            regain(0, 0, 0)
+        except PermissionError:
+            continue
+        raise PermissionError(f"{regain.__name__}(0, 0, 0) succeeded: root was regained")
+    caps = _capabilities()
+    if any(caps.values()):
+        raise PermissionError(f"capabilities remain: {caps}")
+
+
+def _capabilities() -> dict[str, int]:
+    fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        text = os.read(fd, 1 << 16).decode()
+    finally:
+        os.close(fd)
+    names = ("CapPrm", "CapEff", "CapAmb")
+    fields = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {k: int(v.strip(), 16) for k, v in fields if k in names}
+
+
+def _die_with_parent(parent: int) -> None:
+    """Set PDEATHSIG now (a credential change clears it), then catch a parent already gone."""
+    if _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    if os.getppid() != parent:
+        os._exit(_FAILED)
+
+
+def _make_private_dirs(path: str) -> None:
+    """Create missing components 0700 as the user; an existing directory is left alone."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for directory in reversed(missing):
+        os.mkdir(directory, 0o700)
+
+
+def _open_log(log_dir: str, log_name: str) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(os.path.join(log_dir, log_name), flags, 0o600)
+    if os.fstat(fd).st_uid != os.getuid():
+        raise PermissionError(errno.EPERM, "log file exists and belongs to another user")
+    return fd
+
+
+def _install_stdio(payload_fd: int, log_fd: int) -> None:
+    os.dup2(payload_fd, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(payload_fd)
+    os.close(log_fd)
+
+
+def signal_as_user(account: LocalAccount, pgid: int, sig: int) -> None:
+    """Send ``sig`` to process group ``pgid`` from a helper running as ``account``.
+
+    Raises ProcessLookupError if the group is gone and PermissionError if it now
+    belongs to someone else (a recycled id): either way nobody else is hit.
+    """
+    if pgid <= 1 or account.uid == 0:
+        raise ValueError(f"refusing to signal process group {pgid} as uid {account.uid}")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setresgid(account.gid, account.gid, account.gid)
+            os.setgroups([account.gid])
+            os.setresuid(account.uid, account.uid, account.uid)
+            os.killpg(pgid, sig)
+            os._exit(0)
+        except OSError as exc:
+            os._exit(exc.errno if 0 < (exc.errno or 0) < 126 else _FAILED)
+        finally:
+            os._exit(_FAILED)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code == errno.ESRCH:
+        raise ProcessLookupError(errno.ESRCH, f"no process group {pgid}")
+    if code == errno.EPERM:
+        raise PermissionError(errno.EPERM, f"process group {pgid} is not uid {account.uid}'s")
+    if code != 0:
+        raise OSError(f"signal helper for process group {pgid} exited with {code}")
