@@ -11,6 +11,7 @@ from __future__ import annotations
 import typer
 
 from identity.cli import register as register_identity
+from templates.cli import register as register_templates
 from uep.cli import register as register_uep
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app = typer.Typer(
 
 
 register_identity(app)
+register_templates(app)
 register_uep(app)
 
 
