@@ -1,0 +1,151 @@
+"""From a launch plan to exactly what the child process gets.
+
+The environment, argv and stdin payload of a user endpoint are decided here,
+purely, from the plan and the admin's ``user_environment.yaml``. The one
+resource with a lifetime, the credential memfd that lets a running user
+endpoint pick up fresh broker credentials, is :class:`CredentialChannel`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import typing as t
+from pathlib import Path
+
+import yaml
+
+from mep.decision import LaunchPlan
+from wire.queue_info import AmqpCreds
+
+log = logging.getLogger(__name__)
+
+USER_DIR_NAME = ".compute_agent"
+EXECUTABLE = "compute-endpoint"
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def parse_user_environment(text: str | None, source: str) -> tuple[dict[str, str], str | None]:
+    """``user_environment.yaml`` as variables, plus a warning for the admin if it is unusable.
+
+    A broken file must not stop users' endpoints: it yields no variables and a
+    warning naming the file and the problem.
+    """
+    if text is None or not text.strip():
+        return {}, None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        return {}, f"ignoring {source}: not valid YAML ({type(e).__name__}: {e})"
+    if data is None:
+        return {}, None
+    if not isinstance(data, dict):
+        return (
+            {},
+            f"ignoring {source}: expected a mapping of NAME: value, got {type(data).__name__}",
+        )
+    bad = [k for k in data if not isinstance(k, str) or not k or "=" in k or "\0" in k]
+    if bad:
+        return {}, f"ignoring {source}: invalid variable name(s) {bad!r}"
+    return {k: "" if v is None else str(v) for k, v in data.items()}, None
+
+
+def user_dir(home: str) -> Path:
+    """Where a local account's user endpoints keep their state and logs."""
+    return Path(home) / USER_DIR_NAME
+
+
+def child_environment(plan: LaunchPlan, user_env: dict[str, str], bindir: str) -> dict[str, str]:
+    """The complete environment of the user endpoint; nothing is inherited from root.
+
+    The admin's variables come first; HOME, USER and PATH are defaults they may
+    override (as upstream), PATH ending with our interpreter's directory so the
+    user endpoint executable is found unless the admin points PATH elsewhere.
+    """
+    env = dict(user_env)
+    env.setdefault("HOME", plan.account.home)
+    env.setdefault("USER", plan.account.name)
+    env.setdefault("LOGNAME", plan.account.name)
+    env.setdefault("PATH", f"{DEFAULT_PATH}:{bindir}")
+    env.setdefault("LANG", "C.UTF-8")
+    env["GLOBUS_COMPUTE_ENDPOINT_NAME"] = plan.command.name
+    runtime = plan.command.user_runtime
+    python = runtime.get("python") if isinstance(runtime.get("python"), dict) else {}
+    python_version = python.get("version") or runtime.get("python_version")
+    if python_version:
+        env.setdefault("GC_USER_PYTHON_VERSION", str(python_version))
+    if runtime.get("globus_compute_sdk_version"):
+        env.setdefault("GC_USER_SDK_VERSION", str(runtime["globus_compute_sdk_version"]))
+    return env
+
+
+def find_executable(env: dict[str, str]) -> str | None:
+    """The user endpoint program on the child's PATH (the admin's hook for per-user envs)."""
+    return shutil.which(EXECUTABLE, path=env.get("PATH", ""))
+
+
+def stdin_payload(
+    plan: LaunchPlan,
+    *,
+    allowed_functions: t.Sequence[str] | None,
+    mem_fd: int | None = None,
+    enckey: str | None = None,
+    audit_fd: int | None = None,
+) -> bytes:
+    """The one JSON document the user endpoint reads on stdin (4.19 contract)."""
+    payload: dict[str, t.Any] = {
+        "amqp_creds": plan.command.amqp_creds.to_dict(),
+        "config": plan.rendered.yaml_text,
+        "ep_info": plan.ep_info,
+    }
+    if allowed_functions is not None:
+        payload["allowed_functions"] = [str(f) for f in allowed_functions]
+    if mem_fd is not None:
+        payload["mem_fd"] = mem_fd
+        payload["enckey"] = enckey
+    if audit_fd is not None:
+        payload["audit_fd"] = audit_fd
+    return json.dumps(payload).encode()
+
+
+def interpreter_bindir() -> str:
+    """The directory holding our interpreter and console scripts."""
+    return str(Path(sys.executable).parent)
+
+
+class CredentialChannel:
+    """A memfd holding the user endpoint's current broker credentials, encrypted.
+
+    The child gets a read-only descriptor and the key (on stdin); a repeated
+    start command for a running endpoint rewrites the content, which the user
+    endpoint re-reads on every reconnect.
+    """
+
+    def __init__(self, name: str, creds: AmqpCreds) -> None:
+        from cryptography.fernet import Fernet
+
+        self.key = Fernet.generate_key().decode()
+        self._fernet = Fernet(self.key.encode())
+        self._fd = os.memfd_create(f"compute-agent-creds-{name}", os.MFD_CLOEXEC)
+        self.write(creds)
+        self.child_fd = os.open(f"/proc/self/fd/{self._fd}", os.O_RDONLY | os.O_CLOEXEC)
+
+    def write(self, creds: AmqpCreds) -> None:
+        token = self._fernet.encrypt(json.dumps({"amqp_creds": creds.to_dict()}).encode())
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, token, 0)
+
+    def close_child_end(self) -> None:
+        """Once the child has its copy, the manager keeps only the writable end."""
+        if self.child_fd >= 0:
+            os.close(self.child_fd)
+            self.child_fd = -1
+
+    def close(self) -> None:
+        self.close_child_end()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
