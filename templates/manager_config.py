@@ -40,15 +40,18 @@ class PamConfig:
 class RestartPolicy:
     """How a user endpoint that keeps failing is retried, then given up on.
 
-    The backoff spaces out restarts; the circuit breaker stops them after
-    ``circuit_breaker_failures`` failures within ``circuit_breaker_window_s`` so a
-    broken ``worker_init`` cannot flood the batch scheduler.
+    Restarts back off from ``base_delay_s`` to ``max_delay_s``; a run of
+    ``healthy_run_s`` resets the backoff. After ``max_failures`` failures within
+    ``window_s`` the circuit opens for ``cooldown_s``, so a broken ``worker_init``
+    cannot flood the batch scheduler. Same names as :class:`mep.restart_policy.RestartPolicy`.
     """
 
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 300.0
-    circuit_breaker_failures: int = 5
-    circuit_breaker_window_s: float = 600.0
+    base_delay_s: float = 1.0
+    max_delay_s: float = 300.0
+    healthy_run_s: float = 60.0
+    max_failures: int = 5
+    window_s: float = 600.0
+    cooldown_s: float = 900.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +89,7 @@ class ManagerConfig:
     service_url: str = GLOBUS_COMPUTE_URL
     auth_url: str = GLOBUS_AUTH_URL
     min_uid: int = 1000
-    allow_system_accounts: bool = False
+    allow_system_accounts: tuple[str, ...] = ()
     allowed_groups: tuple[str, ...] = ()
     denied_users: tuple[str, ...] = ()
     restart: RestartPolicy = RestartPolicy()
@@ -138,6 +141,13 @@ def _name_list(value: t.Any, where: f.Where) -> tuple[str, ...]:
     return f.list_of(f.string)(value, where) if value is not None else ()
 
 
+def _account_names(value: t.Any, where: f.Where) -> tuple[str, ...]:
+    """System accounts (below ``min_uid``) a mapping may still name: a list, never a switch."""
+    if isinstance(value, bool):
+        where.fail("list the system account names to allow (e.g. [svc-science]), not true/false")
+    return _name_list(value, where)
+
+
 def _readers(base: Path) -> dict[str, f.Reader]:
     def path(must_exist: bool) -> f.Reader:
         def read(value: t.Any, where: f.Where) -> Path:
@@ -170,16 +180,18 @@ def _readers(base: Path) -> dict[str, f.Reader]:
         "service_url": f.http_url,
         "auth_url": f.http_url,
         "min_uid": f.integer(minimum=0),
-        "allow_system_accounts": f.boolean,
+        "allow_system_accounts": _account_names,
         "allowed_groups": _name_list,
         "denied_users": _name_list,
         "restart": _subsection(
             RestartPolicy,
             {
-                "backoff_base_s": f.number(minimum=0.0),
-                "backoff_max_s": f.number(minimum=0.0),
-                "circuit_breaker_failures": f.integer(minimum=1),
-                "circuit_breaker_window_s": f.number(minimum=0.0),
+                "base_delay_s": f.number(minimum=0.001),
+                "max_delay_s": f.number(minimum=0.001),
+                "healthy_run_s": f.number(minimum=0.0),
+                "max_failures": f.integer(minimum=1),
+                "window_s": f.number(minimum=0.001),
+                "cooldown_s": f.number(minimum=0.001),
             },
         ),
         "limits": _subsection(
@@ -226,9 +238,9 @@ def manager_config_from_text(
     if values.get("high_assurance") and values.get("audit_log_path") is None:
         log.info("%s: high_assurance is set without audit_log_path; no audit log", source)
     restart = values.get("restart", RestartPolicy())
-    if restart.backoff_max_s < restart.backoff_base_s:
-        f.Where("restart.backoff_max_s", source, data.line_of("restart")).fail(
-            "must be at least restart.backoff_base_s"
+    if restart.max_delay_s < restart.base_delay_s:
+        f.Where("restart.max_delay_s", source, data.line_of("restart")).fail(
+            "must be at least restart.base_delay_s"
         )
     return ManagerConfig(endpoint_dir=endpoint_dir, **values)
 
