@@ -85,6 +85,33 @@ def _check_quantifier(expression: str, char: str, previous: str) -> None:
         raise DialectError(f"{expression!r}: '{char}' after '{previous}' has nothing to repeat")
 
 
+def nested_repetition(expression: str) -> bool:
+    """True if a ``*`` repeats a group that itself contains ``*``, as in ``(.*)*``.
+
+    Such patterns take exponential time on a non-matching source of a few
+    dozen characters; GCS accepts them, so the loader only warns.
+    """
+    open_groups: list[bool] = []
+    closed_had_star = False
+    position = 0
+    while position < len(expression):
+        char = expression[position]
+        if char == "\\":
+            position, closed_had_star = position + 2, False
+            continue
+        if char == "*" and closed_had_star:
+            return True
+        if char == "*":
+            open_groups = [True] * len(open_groups)
+        closed_had_star = False
+        if char == "(":
+            open_groups.append(False)
+        elif char == ")" and open_groups:
+            closed_had_star = open_groups.pop()
+        position += 1
+    return False
+
+
 def compile_match(expression: str, *, ignore_case: bool = False, literal: bool = False):
     """Compile a match expression, or raise DialectError; callers use ``fullmatch``.
 

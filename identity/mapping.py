@@ -21,7 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from identity.dialect import DialectError, MissingValue, compile_match, interpolate, references
+from identity.dialect import (
+    DialectError,
+    MissingValue,
+    compile_match,
+    interpolate,
+    nested_repetition,
+    references,
+)
 
 EXPRESSION = "expression_identity_mapping"
 EXTERNAL = "external_identity_mapping"
@@ -391,6 +398,11 @@ def _load_rule(index: int, number: int, rule: object, warnings: list) -> Express
         pattern = compile_match(rule["match"], ignore_case=ignore_case, literal=literal)
     except DialectError as error:
         raise MappingConfigError(str(error), index=index, field=f"{where}.match") from None
+    if not literal and nested_repetition(rule["match"]):
+        warnings.append(
+            f"document {index}: {where}.match: a '*' repeats a group containing '*'; "
+            "matching can take exponential time (write '(.*)' rather than '(.*)*')"
+        )
     _check_references(index, where, rule, pattern.groups, warnings)
     return ExpressionRule(
         number, rule["source"], rule["match"], rule["output"], pattern, ignore_case, literal

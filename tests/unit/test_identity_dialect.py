@@ -9,6 +9,7 @@ from identity.dialect import (
     MissingValue,
     compile_match,
     interpolate,
+    nested_repetition,
     references,
 )
 
@@ -184,3 +185,20 @@ def test_interpolated_values_are_not_interpolated_again():
 def test_references_skip_escaped_braces():
     found = references("{username}\\{id}{0}{}")
     assert [(r.name, r.group) for r in found] == [("username", None), ("0", 0), ("", None)]
+
+
+@pytest.mark.parametrize(
+    ("expression", "nested"),
+    [
+        ("(.*)*", True),
+        ("(a*)*x", True),
+        ("((a*)b)*", True),
+        ("(a|b*)*", True),
+        ("(.*)", False),
+        ("(.*)?", False),
+        ("(a)*", False),
+        ("\\(a*\\)*", False),
+    ],
+)
+def test_nested_repetition_is_detected(expression, nested):
+    assert nested_repetition(expression) is nested

@@ -111,6 +111,7 @@ def test_unknown_data_type_prefix_is_a_warning_and_the_document_is_skipped():
         ([expression()], "'mappings' is empty"),
         ([expression(rule(ignorecase=True))], "unknown key 'ignorecase'"),
         ([expression(rule(source="{user_name}"))], "{user_name} is not a known"),
+        ([expression(rule(match="(.*)*@example\\.org"))], "exponential time"),
         ([{"DATA_TYPE": EXTERNAL, "command": ["m"], "timeout": 3}], "unknown key 'timeout'"),
     ],
 )
