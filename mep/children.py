@@ -1,0 +1,235 @@
+"""The manager's children: one user endpoint per name, reaped, stopped as their own user.
+
+Every exit, whether noticed after SIGCHLD or caused by :meth:`ChildTable.stop`,
+comes out of :meth:`ChildTable.reap` exactly once, so the manager handles exits
+in one place. Children are waited for by pid, never with ``waitpid(-1)``: that
+would steal the exit status of processes other code waits for (subprocess
+runs of external identity mappers, signal helpers).
+
+Stopping sends SIGTERM to the user endpoint's process group, waits the grace
+period, then SIGKILL to the group, both through
+:func:`mep.privilege.signal_as_user`. The exit is observed with ``WNOWAIT`` so
+the zombie still holds the group id while the final SIGKILL sweeps stragglers:
+the id cannot be recycled in between.
+
+Not thread-safe: call it from the manager's loop only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from mep import restart_policy as policy_rules
+from mep.privilege import LocalAccount, Spawned, signal_as_user
+from mep.restart_policy import Decision, ExitFacts, History, RestartPolicy
+
+log = logging.getLogger(__name__)
+POLL_S = 0.05
+KILL_WAIT_S = 10.0
+
+
+@dataclass(frozen=True)
+class ExitRecord:
+    name: str
+    pid: int
+    account: LocalAccount
+    rc: int | None  # None when killed by a signal or when the status is unknown
+    signal: int | None
+    ran_s: float
+    stop_requested: bool
+
+    @property
+    def clean(self) -> bool:
+        return self.rc == 0
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            return f"terminated by signal {_signal_name(self.signal)}"
+        if self.rc is None:
+            return "exit status unknown (reaped elsewhere)"
+        return "stopped normally" if self.rc == 0 else f"return code {self.rc}"
+
+    def facts(self) -> ExitFacts:
+        return ExitFacts(self.clean, self.ran_s, self.stop_requested, self.describe())
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+@dataclass
+class Child:
+    name: str
+    spawned: Spawned
+    started_at: float
+    stop_requested: bool = False
+
+
+class ChildTable:
+    """Running user endpoints by name, plus each name's restart history."""
+
+    def __init__(
+        self,
+        policy: RestartPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy or RestartPolicy()
+        self._clock = clock
+        self._children: dict[str, Child] = {}
+        self._exited: list[ExitRecord] = []
+        self._history: dict[str, History] = {}
+
+    def add(self, name: str, spawned: Spawned) -> Child:
+        if name in self._children:
+            raise ValueError(f"user endpoint {name!r} is already running")
+        child = Child(name, spawned, self._clock())
+        self._children[name] = child
+        return child
+
+    def get(self, name: str) -> Child | None:
+        return self._children.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._children
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+    def running_users(self) -> dict[str, str]:
+        """Endpoint name -> local user name, what the decision core's limits count."""
+        return {name: c.spawned.account.name for name, c in self._children.items()}
+
+    def count_for(self, user: str) -> int:
+        """How many user endpoints the local user ``user`` has running."""
+        return sum(1 for c in self._children.values() if c.spawned.account.name == user)
+
+    # ---- exits ---------------------------------------------------------
+    def reap(self) -> list[ExitRecord]:
+        """Collect every child that has exited (after SIGCHLD, or stopped meanwhile)."""
+        for child in list(self._children.values()):
+            self._collect(child)
+        exited, self._exited = self._exited, []
+        return exited
+
+    def _collect(self, child: Child) -> bool:
+        """Reap ``child`` if it has exited; True if it is gone."""
+        try:
+            pid, status = os.waitpid(child.spawned.pid, os.WNOHANG)
+        except ChildProcessError:
+            rc = sig = None
+        else:
+            if pid == 0:
+                return False
+            code = os.waitstatus_to_exitcode(status)
+            rc, sig = (code, None) if code >= 0 else (None, -code)
+        del self._children[child.name]
+        ran = self._clock() - child.started_at
+        record = ExitRecord(
+            child.name, child.spawned.pid, child.spawned.account, rc, sig, ran, child.stop_requested
+        )
+        self._exited.append(record)
+        return True
+
+    # ---- stopping ------------------------------------------------------
+    def stop(self, name: str, grace_s: float) -> bool:
+        """SIGTERM, grace, SIGKILL; True once gone. The exit comes out of the next reap()."""
+        child = self._children.get(name)
+        if child is None:
+            return True
+        return not self._stop_group([child], grace_s)
+
+    def stop_all(self, grace_s: float) -> None:
+        """Stop every child at once: one grace period in total, not one per child."""
+        left = self._stop_group(list(self._children.values()), grace_s)
+        for child in left:
+            log.error(
+                "user endpoint %s (pid %d) survived SIGKILL for %.0f s (uninterruptible?)",
+                child.name,
+                child.spawned.pid,
+                KILL_WAIT_S,
+            )
+
+    def _stop_group(self, children: list[Child], grace_s: float) -> list[Child]:
+        for child in children:
+            child.stop_requested = True
+            self._signal(child, signal.SIGTERM)
+        self._wait(children, grace_s, _has_exited)
+        for child in children:
+            self._signal(child, signal.SIGKILL)
+        return self._wait(children, KILL_WAIT_S, self._collect)
+
+    @staticmethod
+    def _wait(
+        children: Iterable[Child], timeout_s: float, done: Callable[[Child], bool]
+    ) -> list[Child]:
+        """Poll until ``done`` holds for every child or time is up; returns the rest."""
+        deadline = time.monotonic() + timeout_s
+        pending = [c for c in children if not done(c)]
+        while pending and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+            pending = [c for c in pending if not done(c)]
+        return pending
+
+    @staticmethod
+    def _signal(child: Child, sig: int) -> None:
+        spawned = child.spawned
+        with contextlib.suppress(ProcessLookupError):
+            try:
+                signal_as_user(spawned.account, spawned.pgid, sig)
+            except OSError as e:
+                log.warning(
+                    "could not send %s to user endpoint %s (pgid %d) as uid %d: %s",
+                    _signal_name(sig),
+                    child.name,
+                    spawned.pgid,
+                    spawned.account.uid,
+                    e,
+                )
+
+    # ---- restart policy ------------------------------------------------
+    def after_exit(self, record: ExitRecord, has_pending_work: bool) -> Decision:
+        """Restart now, after a backoff, or not; remembers the name's history."""
+        return self._decide(
+            record.name,
+            lambda history, now: policy_rules.after_exit(
+                record.name, record.facts(), has_pending_work, history, now, self.policy
+            ),
+        )
+
+    def before_start(self, name: str) -> Decision | None:
+        """None if ``name`` may start; a CIRCUIT_OPEN decision (with messages) if not."""
+        return policy_rules.before_start(
+            name, self._history.get(name, History()), self._clock(), self.policy
+        )
+
+    def after_start_failure(self, name: str) -> Decision:
+        return self._decide(
+            name,
+            lambda history, now: policy_rules.after_start_failure(name, history, now, self.policy),
+        )
+
+    def _decide(self, name: str, rule: Callable[[History, float], Decision]) -> Decision:
+        decision = rule(self._history.get(name, History()), self._clock())
+        if decision.history == History():
+            self._history.pop(name, None)
+        else:
+            self._history[name] = decision.history
+        return decision
+
+
+def _has_exited(child: Child) -> bool:
+    """True once the child is a zombie, without reaping it (its pgid stays reserved)."""
+    try:
+        info = os.waitid(os.P_PID, child.spawned.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return info is not None

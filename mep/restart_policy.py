@@ -1,0 +1,150 @@
+"""When to start a user endpoint again after it exits: backoff and a circuit breaker.
+
+Pure: facts and history in, a :class:`Decision` (with the new history) out.
+
+Upstream restarts a cleanly exited user endpoint at once and never one that
+failed, and has nothing against a start-fail-start loop driven by new start
+commands: ALCF documents the resulting runaway batch-job submission, stoppable
+only by deleting a PID file. Here a clean exit with pending work is restarted
+with exponential backoff when it keeps happening quickly, and an endpoint that
+failed ``max_failures`` times within ``window_s`` opens its circuit: no restart
+and no new start until ``cooldown_s`` has passed, with a message saying so to
+the user and to the admin.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    base_delay_s: float = 1.0
+    max_delay_s: float = 300.0
+    healthy_run_s: float = 60.0  # a run this long counts as healthy and resets the backoff
+    max_failures: int = 5
+    window_s: float = 600.0
+    cooldown_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        if self.max_failures < 1 or min(self.base_delay_s, self.window_s, self.cooldown_s) <= 0:
+            raise ValueError(f"restart policy needs positive limits: {self}")
+
+
+@dataclass(frozen=True)
+class ExitFacts:
+    """What the policy needs to know about one exit."""
+
+    clean: bool  # exit code 0
+    ran_s: float
+    stop_requested: bool  # the manager stopped it: never a failure, never restarted
+    description: str = ""  # e.g. "return code 1", for the messages
+
+
+@dataclass(frozen=True)
+class History:
+    """Per user endpoint name; the manager keeps one and replaces it with each decision's."""
+
+    failures: tuple[float, ...] = ()  # times of recent failures, oldest first
+    restarts: int = 0  # automatic restarts since the last healthy run
+    open_until: float | None = None  # circuit open (no starts) until this time
+
+
+class Verdict(enum.Enum):
+    RESTART = "restart"  # after ``delay_s`` (0: now)
+    STAY_STOPPED = "stay stopped"
+    CIRCUIT_OPEN = "circuit open"
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    history: History
+    delay_s: float = 0.0
+    user_message: str = ""
+    admin_message: str = ""
+
+    @property
+    def restart(self) -> bool:
+        return self.verdict is Verdict.RESTART
+
+
+def _prune(history: History, now: float, policy: RestartPolicy) -> History:
+    """Forget failures outside the window and a circuit whose cooldown is over."""
+    recent = tuple(t for t in history.failures if now - t < policy.window_s)
+    if history.open_until is not None and now >= history.open_until:
+        return History(failures=(), restarts=0, open_until=None)
+    return replace(history, failures=recent)
+
+
+def _circuit_open(history: History, now: float, name: str, policy: RestartPolicy) -> Decision:
+    wait_min = max(1, round((history.open_until - now) / 60))
+    window_min = max(1, round(policy.window_s / 60))
+    return Decision(
+        Verdict.CIRCUIT_OPEN,
+        history,
+        user_message=(
+            f"Your user endpoint {name!r} failed {len(history.failures)} times within "
+            f"{window_min} minute(s), so "
+            f"new starts are paused for about {wait_min} minute(s) to avoid a runaway loop "
+            "(for example of batch jobs). Check your configuration and the endpoint's log, "
+            "or ask the endpoint administrator."
+        ),
+        admin_message=(
+            f"circuit open for user endpoint {name!r}: {len(history.failures)} failures "
+            f"within the window; no restarts or starts for {history.open_until - now:.0f} s"
+        ),
+    )
+
+
+def after_exit(
+    name: str,
+    facts: ExitFacts,
+    has_pending_work: bool,
+    history: History,
+    now: float,
+    policy: RestartPolicy,
+) -> Decision:
+    """Decide what follows an exit. Only a clean exit with pending work is restarted."""
+    history = _prune(history, now, policy)
+    if facts.stop_requested:
+        return Decision(Verdict.STAY_STOPPED, history)
+    if history.open_until is not None:
+        return _circuit_open(history, now, name, policy)
+    healthy = facts.clean and facts.ran_s >= policy.healthy_run_s
+    if not healthy:
+        history = replace(history, failures=(*history.failures, now))
+    if len(history.failures) >= policy.max_failures:
+        history = replace(history, open_until=now + policy.cooldown_s)
+        return _circuit_open(history, now, name, policy)
+    if not facts.clean or not has_pending_work:
+        return Decision(
+            Verdict.STAY_STOPPED,
+            replace(history, restarts=0) if facts.clean else history,
+            admin_message=f"user endpoint {name!r} {facts.description or 'exited'}; not restarted",
+        )
+    restarts = 0 if healthy else history.restarts
+    delay = (
+        0.0 if restarts == 0 else min(policy.max_delay_s, policy.base_delay_s * 2 ** (restarts - 1))
+    )
+    return Decision(
+        Verdict.RESTART,
+        replace(history, restarts=restarts + 1),
+        delay_s=delay,
+        admin_message=f"user endpoint {name!r} exited with work pending; restart in {delay:.1f} s",
+    )
+
+
+def before_start(name: str, history: History, now: float, policy: RestartPolicy) -> Decision | None:
+    """None if a new start may go ahead; a CIRCUIT_OPEN decision while the circuit is open."""
+    history = _prune(history, now, policy)
+    if history.open_until is not None:
+        return _circuit_open(history, now, name, policy)
+    return None
+
+
+def after_start_failure(name: str, history: History, now: float, policy: RestartPolicy) -> Decision:
+    """A spawn that failed before exec counts as a failure like a crash does."""
+    facts = ExitFacts(clean=False, ran_s=0.0, stop_requested=False, description="failed to start")
+    return after_exit(name, facts, False, history, now, policy)
