@@ -34,8 +34,8 @@ KNOWN_FIELDS = frozenset(
         "identity_type",
     }
 )
-_RULE_KEYS = frozenset({"source", "match", "output", "ignore_case", "literal"})
-_EXTERNAL_KEYS = frozenset({"DATA_TYPE", "command", "timeout_s", "run_as"})
+_RULE_KEYS = frozenset({"source", "match", "output", "ignore_case", "literal", "comment"})
+_EXTERNAL_KEYS = frozenset({"DATA_TYPE", "command", "timeout_s", "run_as", "comment"})
 
 
 class MappingConfigError(ValueError):

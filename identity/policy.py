@@ -30,35 +30,6 @@ class AccountPolicy:
     denied_users: tuple[str, ...] = ()
 
 
-class PolicyConfigError(ValueError):
-    """An ``account_policy`` setting that cannot be used; names the key."""
-
-
-def policy_from_config(data: object) -> AccountPolicy:
-    """Build the policy from a config mapping (e.g. ``account_policy:`` in config.yaml).
-
-    Strict on purpose: a typo such as ``denied_user`` must not silently leave an
-    account allowed.
-    """
-    if data is None:
-        return AccountPolicy()
-    if not isinstance(data, dict):
-        raise PolicyConfigError(f"account policy must be a mapping, not {type(data).__name__}")
-    unknown = sorted(set(data) - set(AccountPolicy.__dataclass_fields__))
-    if unknown:
-        raise PolicyConfigError(f"unknown account policy key(s): {', '.join(map(str, unknown))}")
-    min_uid = data.get("min_uid", 1000)
-    if isinstance(min_uid, bool) or not isinstance(min_uid, int) or min_uid < 0:
-        raise PolicyConfigError(f"min_uid must be a non-negative integer, not {min_uid!r}")
-    names = {}
-    for key in ("allow_system_accounts", "allowed_groups", "denied_users"):
-        value = data.get(key) or []
-        if not isinstance(value, list) or not all(isinstance(n, str) and n for n in value):
-            raise PolicyConfigError(f"{key} must be a list of names, not {value!r}")
-        names[key] = tuple(value)
-    return AccountPolicy(min_uid=min_uid, **names)
-
-
 @dataclass(frozen=True)
 class PasswdEntry:
     name: str

@@ -132,6 +132,20 @@ def test_external_document_defaults_and_options():
     assert second == ExternalDocument(1, ("/bin/map",), 0.5, "nobody")
 
 
+def test_the_shipped_example_mapping_loads_cleanly_and_maps():
+    mapper = load_mapping_file(REPO / "templates" / "example_identity_mapping_config.json")
+    assert mapper.warnings == ()
+    assert mapper.map([ALICE]).local_user == "alice"
+
+
+def test_comment_keys_are_accepted_silently():
+    documents = [
+        {**expression({**rule(), "comment": "why this rule"}), "comment": "site rules"},
+        {"DATA_TYPE": EXTERNAL, "command": ["/opt/map"], "comment": "LDAP lookup"},
+    ]
+    assert load_mapping_documents(documents).warnings == ()
+
+
 def test_load_mapping_file(tmp_path):
     path = tmp_path / "idmap.json"
     path.write_text(json.dumps([expression(rule())]))

@@ -11,10 +11,8 @@ from identity.policy import (
     AccountPolicy,
     Allowed,
     PasswdEntry,
-    PolicyConfigError,
     Refused,
     check_account,
-    policy_from_config,
 )
 
 MANAGER_UID = 990
@@ -115,41 +113,3 @@ def test_allowed_accounts_carry_their_passwd_entry_and_groups(name, policy):
 def test_a_name_the_password_database_cannot_hold_is_unknown_not_a_crash():
     verdict = check_account("bad\x00name", AccountPolicy(), MANAGER_UID)
     assert isinstance(verdict, Refused) and verdict.rule == "unknown-user"
-
-
-@pytest.mark.parametrize(
-    ("data", "expected"),
-    [
-        (None, AccountPolicy()),
-        ({}, AccountPolicy()),
-        (
-            {"min_uid": 500, "allow_system_accounts": ["svc"], "denied_users": ["bob"]},
-            AccountPolicy(500, ("svc",), (), ("bob",)),
-        ),
-        (
-            {"allowed_groups": ["hpc-users", "staff"]},
-            AccountPolicy(allowed_groups=("hpc-users", "staff")),
-        ),
-    ],
-)
-def test_policy_from_config(data, expected):
-    assert policy_from_config(data) == expected
-
-
-@pytest.mark.parametrize(
-    ("data", "words"),
-    [
-        ([], "must be a mapping"),
-        ({"denied_user": ["bob"]}, "unknown account policy key(s): denied_user"),
-        ({"min_uid": "1000"}, "min_uid"),
-        ({"min_uid": -1}, "min_uid"),
-        ({"min_uid": True}, "min_uid"),
-        ({"denied_users": "bob"}, "denied_users must be a list"),
-        ({"allowed_groups": [""]}, "allowed_groups must be a list"),
-        ({"allow_system_accounts": [7]}, "allow_system_accounts must be a list"),
-    ],
-)
-def test_policy_config_errors_name_the_key(data, words):
-    with pytest.raises(PolicyConfigError) as raised:
-        policy_from_config(data)
-    assert words in str(raised.value)
