@@ -77,7 +77,7 @@ def run_program(
 ) -> ProgramAnswer:
     """Run one external mapping document; never raises."""
     argv = [*document.command, "-c", connector, "-s", storage_gateway, "-a"]
-    stdin = json.dumps({"DATA_TYPE": INPUT_TYPE, "identities": identities}).encode()
+    stdin = json.dumps({"DATA_TYPE": INPUT_TYPE, "identities": identities}, default=str).encode()
     try:
         process = _start(argv, document.run_as)
     except (OSError, KeyError, ValueError, subprocess.SubprocessError) as error:

@@ -4,9 +4,9 @@ Pure on purpose: no AMQP, no fork, no module state. The manager, the
 ``map-identity`` admin command and the tests all build a :class:`Mapper` from
 the same JSON list admins already use with Globus Connect Server / Globus
 Compute (parsed and checked by :mod:`identity.documents`). External-program
-documents are the one impure part; they run through
-an injectable ``runner`` (by default :func:`identity.external.run_program`,
-imported only when such a document is actually evaluated).
+documents are the one impure part; they run through an injectable ``runner``
+(by default :func:`identity.external.run_program`, imported only when such a
+document is actually evaluated).
 
 Precedence is the official one: document order, then rule order, then
 identity-set order (for an external program: the order of its answers); the

@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,15 @@ def test_gcs_contract_argv_stdin_stdout(shared_dir):
     assert seen["argv"][1:] == [str(record), "-c", CONNECTOR, "-s", GATEWAY, "-a"]
     stdin = json.loads(seen["stdin"])
     assert stdin == {"DATA_TYPE": "identity_mapping_input#1.0.0", "identities": [CAROL, ALICE, BOB]}
+
+
+def test_identity_values_json_cannot_hold_are_sent_as_text(shared_dir):
+    when = datetime(2026, 1, 2, tzinfo=UTC)
+    record = shared_dir / "record.json"
+    answer = run("record_and_map.py", str(record), ids=[{**ALICE, "last_authentication": when}])
+    assert answer.results == (("a-1", "alice"),)
+    sent = json.loads(json.loads(record.read_text())["stdin"])["identities"][0]
+    assert sent["last_authentication"] == str(when)
 
 
 def test_program_gets_a_minimal_environment_without_the_managers_secrets(shared_dir, monkeypatch):
