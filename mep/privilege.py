@@ -450,6 +450,7 @@ def signal_as_user(account: LocalAccount, pgid: int, sig: int) -> None:
     pid = os.fork()
     if pid == 0:
         try:
+            os.setsid()  # never a member of the group it signals
             os.setresgid(account.gid, account.gid, account.gid)
             os.setgroups([account.gid])
             os.setresuid(account.uid, account.uid, account.uid)
