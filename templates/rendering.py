@@ -26,6 +26,7 @@ import typing as t
 
 import jinja2
 import jsonschema
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from templates import quoting
@@ -66,12 +67,12 @@ class _Sandbox(SandboxedEnvironment):
 
     def call_binop(self, context: t.Any, operator: str, left: t.Any, right: t.Any) -> t.Any:
         if operator == "**" and isinstance(right, int) and abs(right) > MAX_POWER:
-            raise jinja2.exceptions.SecurityError(f"exponent {right} is too large")
+            raise SecurityError(f"exponent {right} is too large")
         if operator == "*":
             for seq, count in ((left, right), (right, left)):
                 sized = isinstance(seq, str | list) and isinstance(count, int)
                 if sized and len(seq) * count > MAX_RENDERED:
-                    raise jinja2.exceptions.SecurityError("repeated text is too large")
+                    raise SecurityError("repeated text is too large")
         return super().call_binop(context, operator, left, right)
 
 
@@ -152,7 +153,7 @@ def _template_error(exc: Exception) -> RenderError:
         else:
             user = f"template needs an option that was not given ({_short(str(exc))})"
         return RenderError(user, f"template rendering: {_short(str(exc))}", "template")
-    kind = "refused an unsafe operation" if isinstance(exc, jinja2.SecurityError) else "failed"
+    kind = "refused an unsafe operation" if isinstance(exc, SecurityError) else "failed"
     detail = f"({type(exc).__name__}) {_short(str(exc))}"
     return RenderError(
         f"the endpoint's config template {kind} with these options: {detail}; {_ASK_ADMIN}",
@@ -167,7 +168,7 @@ def _render(env: SandboxedEnvironment, text: str, context: dict) -> str:
     for chunk in env.from_string(text).generate(context):
         size += len(chunk)
         if size > MAX_RENDERED:
-            raise jinja2.SecurityError(f"output is larger than {MAX_RENDERED} characters")
+            raise SecurityError(f"output is larger than {MAX_RENDERED} characters")
         chunks.append(chunk)
     return "".join(chunks)
 

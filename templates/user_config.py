@@ -167,7 +167,9 @@ def _engine(value: t.Any, where: f.Where) -> EngineSpec:
             at.fail(f"{name} has no option '{key}'{hint}")
         else:
             reader = _ENGINE_OPTION_READERS.get(key)
-            options[key] = reader(item, at) if reader else plain_value(item)
+            if reader:
+                reader(item, at)
+            options[key] = plain_value(item)
     if name == "GlobusMPIEngine" and provider is not None:
         launcher = provider.launcher
         if launcher is None or launcher.type != "SimpleLauncher":
