@@ -83,6 +83,7 @@ def _journal(
             check_payload(str(fid), i, payload)
     group = _task_group(s, who, body.task_group_id)
     uep = _user_endpoint(s, ep, who, body.user_endpoint_config)
+    s.flush()  # parents first: without relationships the unit of work does not order them
     ids: dict[str, list[str]] = {}
     messages = []
     now = time.time()

@@ -239,6 +239,7 @@ def postgres_url():
         yield f"{admin}?options=-csearch_path%3D{schema}"
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("SET lock_timeout = '20s'")
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
