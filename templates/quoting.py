@@ -109,9 +109,15 @@ class QuotedStr(str):
         made._raw = raw
         return made
 
+    def __repr__(self) -> str:
+        return str.__str__(self)
+
 
 class _Null(str):
     """How a user's null renders: the YAML word ``null`` (a string, as officially)."""
+
+    def __repr__(self) -> str:
+        return "null"
 
 
 NULL = _Null("null")
@@ -130,7 +136,7 @@ class YamlFloat(float):
 
 class QuotedList(list):
     def __str__(self) -> str:
-        return "[" + ", ".join(flow(item) for item in self) + "]"
+        return flow(self)
 
     __repr__ = __str__
 
@@ -153,16 +159,43 @@ class QuotedDict(dict):
         return dict.get(self, self._key(key), default)
 
     def __str__(self) -> str:
-        return "{" + ", ".join(f"{k}: {flow(v)}" for k, v in self.items()) + "}"
+        return flow(self)
 
     __repr__ = __str__
 
 
 def flow(value: t.Any) -> str:
-    """YAML flow text of a quoted value (what ``{{ value }}`` prints)."""
+    """YAML flow text of a value inside a list or mapping: every string double-quoted.
+
+    Python's repr of a tuple or list (what Jinja prints for ``d | dictsort`` or
+    ``d.items() | list``) would put a user's quoted text inside YAML plain
+    scalars, where a comma or colon in it makes structure. Here strings already
+    quoted stay as they are and every other string is quoted.
+    """
+    if isinstance(value, QuotedStr | _Null):
+        return str.__str__(value)
+    if isinstance(value, str):
+        return quote(value)
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    if isinstance(value, float):
+        return str(YamlFloat(value))
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{flow(k)}: {flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple | set | frozenset):
+        return "[" + ", ".join(flow(item) for item in value) + "]"
+    return quote(str(value))
+
+
+def finalize(value: t.Any) -> t.Any:
+    """What ``{{ value }}`` prints: collections as safe YAML flow, anything else unchanged."""
+    if isinstance(value, dict | list | tuple | set | frozenset):
+        return flow(value)
+    return value
 
 
 def quote_value(value: t.Any) -> t.Any:

@@ -92,9 +92,12 @@ def shell_escape(value: t.Any) -> t.Any:
     return quoting.QuotedStr(shlex.quote(raw))
 
 
-def _environment(template_files: t.Mapping[str, str] | None) -> SandboxedEnvironment:
+def sandbox(template_files: t.Mapping[str, str] | None = None) -> SandboxedEnvironment:
+    """The Jinja environment templates render in (``template_files`` serve includes)."""
     loader = jinja2.DictLoader(dict(template_files)) if template_files else None
-    env = _Sandbox(undefined=jinja2.StrictUndefined, loader=loader, autoescape=False)
+    env = _Sandbox(
+        undefined=jinja2.StrictUndefined, loader=loader, autoescape=False, finalize=quoting.finalize
+    )
     env.filters["shell_escape"] = shell_escape
     env.policies["json.dumps_function"] = lambda obj, **kw: json.dumps(quoting.unquote(obj), **kw)
     return env
@@ -220,7 +223,7 @@ def render_user_config(
         return refused
     context = _context(user_opts, user_runtime, mapped_identity, parent_config, env)
     try:
-        text = _render(_environment(template_files), template_text, context)
+        text = _render(sandbox(template_files), template_text, context)
     except Exception as exc:
         return _template_error(exc)
     return _load(text, bool(parent_config.get("high_assurance")))

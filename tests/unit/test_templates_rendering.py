@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from templates import quoting
-from templates.rendering import Rendered, RenderError, render_user_config, shell_escape
+from templates.rendering import Rendered, RenderError, render_user_config, sandbox, shell_escape
 
 IDENTITY = {
     "local": {
@@ -201,6 +201,34 @@ def test_whole_mappings_and_lists_render_as_yaml_flow_not_python_repr():
     }
     assert out.config.engine.options["available_accelerators"] == ["0", "1\n"]
     assert yaml.safe_load(str(quoting.quote_value(data))) == data
+
+
+EVIL = 'a", evil: "1\' , x: y\n- z'
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("d | dictsort", [["k", EVIL]]),
+        ("d.items() | list", [["k", EVIL]]),
+        ("d.keys() | list", ["k"]),
+        ("d.values() | list", [EVIL]),
+        ("[v, v]", [EVIL, EVIL]),
+        ("(v, 1, none, true, 2.5)", [EVIL, 1, None, True, 2.5]),
+        ("{'k': v, v: [v]}", {"k": EVIL, EVIL: [EVIL]}),
+        ("[v] | map('upper') | list", [EVIL.upper()]),
+        ("['plain', 'admin: text']", ["plain", "admin: text"]),
+    ],
+)
+def test_collections_made_in_the_template_print_as_safe_yaml(expression, expected):
+    """Python repr would let a comma or colon in a user's text make YAML structure."""
+    context = quoting.quote_options({"v": EVIL, "d": {"k": EVIL}})
+    text = sandbox().from_string("{{ " + expression + " }}").render(context)
+    parsed = yaml.safe_load(text)
+    if "upper" in expression:
+        assert parsed == [quoting.quote(EVIL).upper()]
+    else:
+        assert parsed == expected
 
 
 def test_tojson_gives_the_submitters_original_data():
