@@ -31,6 +31,7 @@ import pwd
 import resource
 import select
 import signal
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,8 +89,8 @@ class SpawnError(Exception):
 _USER_HINTS = {
     "request": "the endpoint manager built an invalid launch request",
     "account": "your local account is missing or not allowed to run endpoints",
-    "pam account": "the site's PAM account policy refused your local account",
-    "pam session": "the site's PAM session setup failed for your local account",
+    "account check": "the site's account policy refused your local account",
+    "session setup": "the site's session setup failed for your local account",
     "chdir home": "your local home directory is missing or not accessible",
     "log dir": "the user endpoint's directory could not be created in your home",
     "open log": "the user endpoint's log file could not be opened",
@@ -98,7 +99,13 @@ _USER_HINTS = {
 }
 
 
+# Which PAM module or call failed is for the admin only, as upstream.
+_USER_STEPS = {"pam account": "account check", "pam session": "session setup"}
+_USER_STEPS["pam setcred"] = "session setup"
+
+
 def _user_message(step: str) -> str:
+    step = _USER_STEPS.get(step, step)
     hint = _USER_HINTS.get(step, "the endpoint could not switch to your local account")
     return (
         f"Failed to start your user endpoint (step: {step}): {hint}. "
@@ -198,13 +205,13 @@ def _payload_memfd(payload: bytes) -> int:
 def _read_status(status_r: int, pid: int) -> list[tuple[str, ...]]:
     """Records the child(ren) wrote before exec closed the pipe; a stuck child is killed."""
     deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    poller = select.poll()
+    poller.register(status_r, select.POLLIN)
     data = b""
     while True:
-        left = deadline - time.monotonic()
-        ready, _, _ = select.select([status_r], [], [], max(left, 0))
-        if not ready:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+        left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+        if not poller.poll(left_ms):
+            os.kill(pid, signal.SIGKILL)  # our own unreaped child: cannot be a recycled pid
             return [("timeout", "0", f"no exec after {SPAWN_TIMEOUT_S:.0f} s")]
         chunk = os.read(status_r, 65536)
         if not chunk:
@@ -424,10 +431,13 @@ def _make_private_dirs(path: str) -> None:
 
 
 def _open_log(log_dir: str, log_name: str) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    """Open the log as the user; a FIFO or device planted there must not block or redirect."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     fd = os.open(os.path.join(log_dir, log_name), flags, 0o600)
-    if os.fstat(fd).st_uid != os.getuid():
-        raise PermissionError(errno.EPERM, "log file exists and belongs to another user")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+        raise PermissionError(errno.EPERM, "log exists and is not a regular file of the user")
+    os.set_blocking(fd, True)
     return fd
 
 

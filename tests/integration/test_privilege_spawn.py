@@ -294,3 +294,23 @@ def test_program_the_user_cannot_read_fails_at_exec(local_account, probe_dir):
 
 def test_relative_argv_is_refused_before_forking(local_account, probe_dir):
     _assert_fails_at("request", make_request(local_account, probe_dir, argv=("python3", "-V")))
+
+
+@pytest.mark.parametrize("planted", ["fifo", "symlink", "directory"])
+def test_a_planted_log_fails_at_open_log_without_blocking(local_account, probe_dir, planted):
+    """The user controls the log directory: a FIFO must not hang the manager, a link not redirect."""
+    req = make_request(local_account, probe_dir)
+    os.makedirs(req.log_dir, mode=0o700)
+    for path in (os.path.dirname(req.log_dir), req.log_dir):
+        os.chown(path, local_account.uid, local_account.gid)
+    log = os.path.join(req.log_dir, req.log_name)
+    if planted == "fifo":
+        os.mkfifo(log, 0o600)
+    elif planted == "symlink":
+        os.symlink("/etc/hostname", log)
+    else:
+        os.mkdir(log)
+    os.lchown(log, local_account.uid, local_account.gid)
+    began = time.monotonic()
+    _assert_fails_at("open log", req)
+    assert time.monotonic() - began < 10
