@@ -47,7 +47,7 @@ def read_text(path: Path, what: str) -> str:
         raise ConfigError(f"cannot read the {what}: {exc}", source=str(path)) from None
 
 
-def read_schema(path: Path | None) -> dict | None:
+def read_schema(path: Path | None) -> dict | bool | None:
     """The user-options JSON schema, or None when there is none (no validation)."""
     if path is None or not path.exists():
         return None
@@ -61,7 +61,7 @@ def read_schema(path: Path | None) -> dict | None:
         ) from None
     if not isinstance(schema, dict | bool):
         raise ConfigError("the user config schema must be a JSON object", source=str(path))
-    return schema if isinstance(schema, dict) else None
+    return schema
 
 
 def read_template_files(directory: Path) -> dict[str, str]:

@@ -111,8 +111,8 @@ def _mapped_identity_view(mapped_identity: dict) -> dict:
     return {**mapped_identity, "local": local}
 
 
-def _schema_step(schema: dict | None, options: dict) -> RenderError | None:
-    if not schema:
+def _schema_step(schema: dict | bool | None, options: dict) -> RenderError | None:
+    if schema is None or schema is True or schema == {}:
         return None
     validator_class = jsonschema.validators.validator_for(
         schema, default=jsonschema.Draft202012Validator
@@ -195,7 +195,7 @@ def _context(
 
 def render_user_config(
     template_text: str,
-    schema: dict | None,
+    schema: dict | bool | None,
     user_opts: dict,
     *,
     user_runtime: dict,

@@ -103,6 +103,13 @@ def test_an_invalid_schema_is_the_admins_problem():
 
 def test_empty_schema_means_no_validation():
     assert ok(ENGINE, {"anything": [1, {"x": None}]}, schema={})
+    assert ok(ENGINE, {"anything": 1}, schema=True)
+
+
+def test_a_false_schema_refuses_every_option():
+    assert refused(ENGINE, {"a": 1}, "schema", schema=False).user_message.startswith(
+        "user_endpoint_config: "
+    )
 
 
 def test_missing_option_message():
