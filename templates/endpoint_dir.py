@@ -55,13 +55,16 @@ def check_endpoint_name(name: str) -> str:
 def base_dir(environ: Mapping[str, str], euid: int, home: Path) -> Path:
     """Where endpoint directories live: $COMPUTE_AGENT_DIR, /etc for root, else ~."""
     if environ.get(BASE_DIR_VARIABLE):
-        return Path(environ[BASE_DIR_VARIABLE])
+        return Path(environ[BASE_DIR_VARIABLE]).expanduser()
     return ROOT_BASE_DIR if euid == 0 else home / USER_BASE_DIR_NAME
 
 
 def endpoint_dir(name: str, config_dir: str | Path | None = None) -> Path:
     """The directory of endpoint ``name``; ``config_dir`` replaces the base directory."""
-    base = Path(config_dir) if config_dir else base_dir(os.environ, os.geteuid(), Path.home())
+    if config_dir:
+        base = Path(config_dir).expanduser()
+    else:
+        base = base_dir(os.environ, os.geteuid(), Path.home())
     return base.absolute() / check_endpoint_name(name)
 
 

@@ -1,7 +1,8 @@
 """Rendering an admin's template with a submitter's options into a user-endpoint config.
 
-The steps run in a fixed order, each able to stop the pipeline with a
-:class:`RenderError` that speaks twice (to the submitter and to the admin):
+The steps run in a fixed order; any of them except quoting (which only ever
+sees data step 1 admitted) stops the pipeline with a :class:`RenderError` that
+speaks twice, to the submitter and to the admin:
 
 1. ``input``: the options are a JSON object of bounded size and depth;
 2. ``reserved``: no option may take a name the template reserves;

@@ -32,6 +32,8 @@ def test_safe_names(name):
         "a/b",
         "../etc",
         "a b",
+        "abc\n",
+        "abc\x00",
         "a;rm",
         "$(id)",
         "`id`",
