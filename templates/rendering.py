@@ -188,7 +188,7 @@ def _context(
         "parent_config": parent_config,
         "user_runtime": quoting.quote_value(user_runtime),
         "mapped_identity": _mapped_identity_view(mapped_identity),
-        "env": quoting.quote_value(dict(env or {})),
+        "env": quoting.quote_value({str(k): str(v) for k, v in (env or {}).items()}),
     }
     legacy = {name: gc[name] for name in ("parent_config", "user_runtime", "mapped_identity")}
     return {**quoting.quote_options(options), **legacy, "_GC": gc}
@@ -233,7 +233,7 @@ def render_user_config(
 def _load(text: str, high_assurance: bool) -> Rendered | RenderError:
     try:
         data = parse_user_endpoint_yaml(text)
-    except ConfigError as exc:
+    except (ConfigError, RecursionError) as exc:
         return RenderError(
             f"the endpoint's config template produced invalid YAML with these options; {_ASK_ADMIN}",
             f"rendered config is not valid YAML: {exc}",
@@ -253,5 +253,11 @@ def _load(text: str, high_assurance: bool) -> Rendered | RenderError:
     except ConfigError as exc:
         return RenderError(
             f"invalid user endpoint config: {exc}", f"rendered config is invalid: {exc}", "config"
+        )
+    except Exception as exc:
+        return RenderError(
+            f"the user endpoint config could not be checked; {_ASK_ADMIN}",
+            f"checking the rendered config failed: ({type(exc).__name__}) {exc}",
+            "config",
         )
     return Rendered(text, config)

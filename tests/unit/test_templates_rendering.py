@@ -130,6 +130,11 @@ def test_yaml_step_reports_invalid_output():
     assert "invalid YAML" in error.user_message and "line" in error.admin_message
 
 
+def test_absurdly_nested_yaml_is_refused_not_raised():
+    template = ENGINE + "display_name: " + "[" * 5000 + "]" * 5000 + "\n"
+    assert "recursion" in refused(template, {}, "yaml").admin_message
+
+
 def test_high_assurance_in_a_template_is_refused():
     error = refused(ENGINE + "high_assurance: false\n", {}, "high_assurance")
     assert "contact the endpoint administrator" in error.user_message
