@@ -19,6 +19,7 @@ import typing as t
 from templates import allow_list
 from templates import fields as f
 from templates.errors import ConfigError
+from templates.located_yaml import plain
 
 _TABLES = {
     "provider": allow_list.PROVIDERS,
@@ -93,18 +94,10 @@ def read_component(kind: str, value: t.Any, where: f.Where) -> ComponentSpec:
         elif kind == "provider" and key == "container_uri" and name in allow_list.NO_CONTAINER_URI:
             at.fail(f"{name} does not take container_uri; set the image in its own options")
         else:
-            options[str(key)] = plain_value(item)
+            options[str(key)] = plain(item)
     spec = ComponentSpec(name, options, launcher, where.key)
     check_signature(spec, data, where)
     return spec
-
-
-def plain_value(value: t.Any) -> t.Any:
-    if isinstance(value, dict):
-        return {k: plain_value(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain_value(v) for v in value]
-    return value
 
 
 def check_signature(spec: ComponentSpec, data: dict, where: f.Where) -> None:

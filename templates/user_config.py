@@ -18,8 +18,8 @@ import typing as t
 
 from templates import allow_list
 from templates import fields as f
-from templates.components import ComponentSpec, plain_value, read_component
-from templates.located_yaml import load_located
+from templates.components import ComponentSpec, read_component
+from templates.located_yaml import load_located, plain
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _job_status_kwargs(value: t.Any, where: f.Where) -> dict:
     }
     data = f.mapping(value, where)
     f.read_section(data, readers, where, null_is_default=True)
-    return {k: v for k, v in plain_value(data).items() if v is not None}
+    return {k: v for k, v in plain(data).items() if v is not None}
 
 
 # Types of the engine options people set most; the rest are checked by the engine.
@@ -169,14 +169,14 @@ def _engine(value: t.Any, where: f.Where) -> EngineSpec:
             reader = _ENGINE_OPTION_READERS.get(key)
             if reader:
                 reader(item, at)
-            options[key] = plain_value(item)
+            options[key] = plain(item)
     if name == "GlobusMPIEngine" and provider is not None:
         launcher = provider.launcher
         if launcher is None or launcher.type != "SimpleLauncher":
             where.child("provider", data).fail(
                 "GlobusMPIEngine needs the provider's launcher to be `type: SimpleLauncher`"
             )
-    return EngineSpec(name, plain_value(options), provider, address)
+    return EngineSpec(name, plain(options), provider, address)
 
 
 def _heartbeat(value: t.Any, where: f.Where) -> float:
