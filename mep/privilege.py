@@ -32,6 +32,7 @@ import resource
 import select
 import signal
 import stat
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -268,7 +269,13 @@ def _run_child(req: SpawnRequest, status_w: int, payload_fd: int, parent: int, p
 
 
 def _hold_pam_session(req: SpawnRequest, status_w: int, payload_fd: int, parent: int, pam):
-    """Stay root holding the PAM session; fork the user endpoint; close it when it exits."""
+    """Stay root holding the PAM session; fork the user endpoint; close it when it exits.
+
+    SIGTERM is blocked first: the manager's inherited Python handler must not
+    swallow the parent-death signal; it waits for :func:`_wait_forwarding_stop`.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGCHLD})
+    _title(f"compute-agent PAM session holder for {req.account.name} [{req.log_dir}]")
     _run_steps(
         status_w,
         [
@@ -278,7 +285,6 @@ def _hold_pam_session(req: SpawnRequest, status_w: int, payload_fd: int, parent:
             ("pam session", pam.open_session),
         ],
     )
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGCHLD})
     holder = os.getpid()
     pid = os.fork()
     if pid == 0:
@@ -290,6 +296,13 @@ def _hold_pam_session(req: SpawnRequest, status_w: int, payload_fd: int, parent:
     status = _wait_forwarding_stop(pid)
     pam.close()
     _exit_like(status)
+
+
+def _title(text: str) -> None:
+    """Name the holder in ps, if the manager already loaded setproctitle (no imports here)."""
+    module = sys.modules.get("setproctitle")
+    if module is not None:
+        module.setproctitle(text)
 
 
 def _wait_forwarding_stop(pid: int, grace_s: float = 10.0) -> int:
@@ -353,7 +366,11 @@ def _drop_steps(req: SpawnRequest, payload_fd: int, parent: int, pam) -> list:
 
 
 def _reset_signals() -> None:
-    """Blocked and ignored signals survive exec: give the user endpoint the defaults."""
+    """Default dispositions, nothing blocked, before PDEATHSIG is armed.
+
+    Blocked and ignored signals survive exec, and the manager's Python SIGTERM
+    handler (inherited by the fork) would swallow the parent-death signal.
+    """
     for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
