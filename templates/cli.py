@@ -40,7 +40,8 @@ def configure(
     ] = None,
     display_name: Annotated[str | None, typer.Option(help="Name shown to users.")] = None,
     high_assurance: Annotated[
-        bool, typer.Option(help="Register as high assurance and keep an audit log.")
+        bool,
+        typer.Option("--high-assurance", help="Register as high assurance and keep an audit log."),
     ] = False,
     config_dir: Annotated[
         Path | None,
