@@ -7,8 +7,20 @@ status pipe and exits, and the parent raises :class:`SpawnError` naming that
 step. A successful exec closes the pipe, which the parent reads as "started".
 
 The forked child runs only ``os`` calls on data the parent prepared (no
-logging, no imports, no name-service lookups): the manager is multi-threaded
-and another thread may have held a lock at the moment of the fork.
+logging, no imports, no name-service lookups): a library thread in the manager
+may have held a lock at the moment of the fork. PAM modules in the holder
+(below) are the one exception, as upstream. The caller blocks until exec or
+failure, at most ``SPAWN_TIMEOUT_S`` (a hung home server), then the child is
+killed. The stdin payload is a sealed memfd: any size, and unlike a pipe it
+needs no writer.
+
+Supplementary groups come from ``LocalAccount.groups`` (what ``initgroups``
+would compute, looked up by the caller) and are set with ``setgroups``: no
+name-service lookup happens in the fork. Without PAM, capabilities vanish with
+the change from uid 0 and "verify drop" checks CapPrm/CapEff/CapAmb are 0;
+``PR_SET_NO_NEW_PRIVS`` is deliberately not set, since it breaks the setuid
+helpers some batch schedulers need (upstream sets it, then tells sites with
+such schedulers to turn PAM on).
 
 With PAM, the first child stays root as a *PAM holder*: it opens the PAM
 session, forks the user endpoint, waits for it and only then closes the
