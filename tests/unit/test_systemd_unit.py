@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from mep import lifecycle
-
 SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"
 UNIT = SYSTEMD / "compute-endpoint@.service"
 SLICE = SYSTEMD / "compute-agent.slice"
@@ -97,6 +95,8 @@ def test_credentials_come_from_an_optional_root_only_env_file(unit):
 
 
 def test_stop_lets_the_manager_stop_its_children_first(unit):
+    from mep import lifecycle  # here, so only this test depends on the CLI module
+
     service = unit["Service"]
     assert one(service, "KillMode") == "mixed"
     assert one(service, "KillSignal") == "SIGTERM"
