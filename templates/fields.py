@@ -41,7 +41,8 @@ def shown(value: t.Any, limit: int = 60) -> str:
     text = repr(value)
     if len(text) > limit:
         text = text[: limit - 3] + "..."
-    return f"{text} ({type(value).__name__})"
+    kind = "mapping" if isinstance(value, dict) else type(value).__name__
+    return f"{text} ({kind})"
 
 
 def boolean(value: t.Any, where: Where) -> bool:

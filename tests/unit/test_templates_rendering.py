@@ -442,3 +442,16 @@ def test_any_json_value_renders_back_to_itself(value, key):
     if isinstance(out, Rendered):
         assert out.config.endpoint_setup == key
         assert yaml.safe_load(str(quoting.quote_value(value))) == value or value == {}
+
+
+@settings(max_examples=150, deadline=None)
+@given(key=st.text(), value=json_values)
+def test_any_dict_key_stays_one_plain_key(key, value):
+    template = (
+        ENGINE + "paths:\n  endpoint_dir: {% for k, v in d.items() %}{{ k }}{% endfor %}\n"
+        "display_name: {{ d | tojson | tojson }}\n"
+    )
+    out = run(template, {"d": {key: value}})
+    assert isinstance(out, Rendered), out
+    assert out.config.paths.endpoint_dir == key
+    assert json.loads(out.config.display_name) == {key: value}
