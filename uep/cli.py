@@ -12,6 +12,6 @@ def register(app: typer.Typer) -> None:
         die_with_parent: bool = typer.Option(False, "--die-with-parent", hidden=True),
     ) -> None:
         """Run a user endpoint from the JSON launch payload on stdin."""
-        from uep.launch import main
+        from uep.launch import exit_now, main
 
-        raise typer.Exit(main(name))
+        exit_now(main(name))

@@ -218,7 +218,11 @@ class UserEndpoint:
             self.store.add_results([(tid, self._lost(tid, why)) for tid, _b, _h in unfinished])
 
     def heartbeat_state(self, active: bool) -> dict:
-        state = dict(self.engine.status())
+        try:
+            state = json.loads(json.dumps(self.engine.status(), default=str))
+        except Exception:
+            log.exception("engine status unavailable")
+            state = {"engine_type": self.engine.type_name}
         state.update(self.ep_info)
         state["heartbeat_period"] = self.settings.heartbeat_period
         state["active"] = active

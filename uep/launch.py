@@ -81,7 +81,7 @@ def report_startup_failure(creds: AmqpCreds, message: str, port: int | None = No
 def endpoint_dir(name: str, configured: str | None) -> Path:
     if configured:
         return Path(configured).expanduser()
-    return Path.home() / ".globus_compute" / name
+    return Path.home() / ".compute_agent" / name
 
 
 def _lock(directory: Path):
@@ -130,6 +130,15 @@ def _title_setter(endpoint_id: str, name: str):
         return lambda _suffix: None
     base = f"Globus Compute Endpoint ({endpoint_id}, {name})"
     return lambda suffix: setproctitle(f"{base} {suffix}".rstrip())
+
+
+def exit_now(status: int) -> None:
+    """Exit without joining worker threads: a task stuck in a thread pool was
+    already answered with an error and must not keep the process alive."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def main(name: str) -> int:

@@ -80,6 +80,9 @@ class GlobusComputeEngine(Engine):
 
             provider = LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1)
         extra = {"address": address} if address else {}
+        for key in ("max_workers_per_node", "max_workers_per_block"):
+            if isinstance(options.get(key), float) and options[key].is_integer():
+                options[key] = int(options[key])  # Parsl's type checks insist on int
         return kind(
             label=f"{self.label}-{kind.__name__}",
             provider=provider,
@@ -106,10 +109,12 @@ class GlobusComputeEngine(Engine):
         htex.provider.script_dir = str(endpoint_dir / "submit_scripts")
         Path(htex.provider.script_dir).mkdir(parents=True, exist_ok=True)
         htex.start()
-        if htex.provider.init_blocks:
-            htex.scale_out_facade(htex.provider.init_blocks)
         self._poller = JobStatusPoller(**self._poll_options)
         self._poller.add_executors([htex])
+        if htex.provider.init_blocks:
+            htex.scale_out_facade(htex.provider.init_blocks)
+        # The strategy would request init_blocks again at its first tick.
+        self._poller._strategy.executors[htex.label]["first"] = False
 
     def check_resource_spec(self, resource_spec: dict) -> None:
         try:
@@ -135,7 +140,10 @@ class GlobusComputeEngine(Engine):
 
     def status(self) -> dict:
         htex = self._executor
-        managers = htex.connected_managers() if self._poller else []
+        try:
+            managers = htex.command_client.run("MANAGERS", timeout_s=2) if self._poller else []
+        except Exception:
+            managers = []
         provider = htex.provider
         return {
             "engine_type": self.type_name,
@@ -147,7 +155,7 @@ class GlobusComputeEngine(Engine):
                 m.get("worker_count", 0) - m.get("tasks", 0) for m in managers if m.get("active")
             ),
             "outstanding_tasks": self.outstanding,
-            "pending_tasks": htex.outstanding,
+            "pending_tasks": htex.outstanding(),
             "max_blocks": provider.max_blocks,
             "min_blocks": provider.min_blocks,
             "nodes_per_block": provider.nodes_per_block,

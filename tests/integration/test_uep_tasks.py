@@ -1,0 +1,194 @@
+"""User endpoint end to end: engines run tasks, every error code from a real case.
+
+Real RabbitMQ (a private vhost), the real ``_start-user-endpoint`` process, and
+tasks serialized by the official SDK.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+
+import pytest
+
+from tests.integration.test_uep_harness import (  # noqa: F401 - fixtures
+    decode_result,
+    engine_yaml,
+    launch,
+    service,
+    vhost,
+)
+
+pytestmark = pytest.mark.rabbitmq
+
+
+def add(a, b):
+    return a + b
+
+
+def fail():
+    raise ZeroDivisionError("deliberate")
+
+
+def huge():
+    return "x" * (11 * 1024 * 1024)
+
+
+def where():
+    import os
+
+    return os.environ["GC_TASK_UUID"], os.environ.get("GC_TASK_SANDBOX_DIR"), os.getcwd()
+
+
+def crash():
+    import os
+
+    os._exit(9)
+
+
+def sleep(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+@pytest.mark.parametrize("engine", ["ThreadPoolEngine", "ProcessPoolEngine"])
+def test_pool_engines_run_tasks(service, launch, engine):
+    launch(engine_yaml(engine))
+    ids = [service.submit(add, i, 1) for i in range(20)]
+    results = service.wait_results(ids)
+    assert [decode_result(results[t]) for t in ids] == [i + 1 for i in range(20)]
+    first = results[ids[0]]
+    assert first.details["endpoint_id"] == service.endpoint_id
+    assert [s.state.value for s in first.task_statuses] == ["execution-start", "execution-end"]
+    report = service.wait_heartbeat(lambda s: s.get("active") is True)
+    assert report.global_state["engine_type"] == engine
+    assert report.global_state["posix_pid"] > 0
+
+
+def test_globus_compute_engine_runs_tasks(service, launch, tmp_path):
+    config = (
+        "engine:\n  type: GlobusComputeEngine\n  max_workers_per_node: 2\n"
+        "  run_in_sandbox: true\n"
+        "  provider:\n    type: LocalProvider\n    init_blocks: 1\n    max_blocks: 1\n"
+        "heartbeat_period: 5\n"
+    )
+    launch(config)
+    ids = [service.submit(add, i, 2) for i in range(10)]
+    where_id = service.submit(where)
+    results = service.wait_results([*ids, where_id], timeout=90)
+    assert [decode_result(results[t]) for t in ids] == [i + 2 for i in range(10)]
+    task_uuid, sandbox, cwd = decode_result(results[where_id])
+    assert task_uuid == where_id
+    assert sandbox == cwd and sandbox.endswith(where_id)
+    report = service.wait_heartbeat(lambda s: s.get("managers", 0) >= 1, timeout=60)
+    assert report.global_state["engine_type"] == "GlobusComputeEngine"
+
+
+def test_error_codes_from_real_cases(service, launch):
+    allowed = str(uuid.uuid4())
+    launch(
+        engine_yaml("ProcessPoolEngine"),
+        allowed_functions=[service.function_id, allowed],
+    )
+    raised = service.submit(fail)
+    too_big = service.submit(huge)
+    not_allowed = service.submit(add, 1, 2, headers={"function_uuid": str(uuid.uuid4())})
+    bad_spec = service.submit(add, 1, 2, headers={"resource_specification": '{"num_nodes": 2}'})
+    task_id = str(uuid.uuid4())
+    service.publish_task(task_id, b"\x01not json")
+    results = service.wait_results([raised, too_big, not_allowed, bad_spec, task_id])
+
+    def code(tid):
+        assert results[tid].is_error, results[tid].data
+        return results[tid].error_details.code
+
+    assert code(raised) == "RemoteExecutionError"
+    assert "ZeroDivisionError: deliberate" in results[raised].data
+    assert code(too_big) == "MaxResultSizeExceeded"
+    assert code(not_allowed) == "FUNCTION_NOT_ALLOWED"
+    assert code(bad_spec) == "CouldNotExecuteUserTaskError"
+    assert "Failed to start task" in results[bad_spec].data
+    assert code(task_id) == "CouldNotExecuteUserTaskError"
+
+
+def test_disallowed_serializer_is_refused(service, launch):
+    config = (
+        "engine:\n  type: ThreadPoolEngine\n  allowed_serializers:\n"
+        "    - globus_compute_sdk.serialize.DillCodeSource\n"
+        "    - globus_compute_sdk.serialize.JSONData\n"
+    )
+    launch(config)
+    task_id = service.submit(add, 1, 2)
+    result = service.wait_results([task_id])[task_id]
+    assert result.error_details.code == "CouldNotExecuteUserTaskError"
+    assert "disabled by this endpoint's configuration" in result.data
+
+
+def test_process_worker_crash_fails_only_that_task(service, launch):
+    launch(engine_yaml("ProcessPoolEngine"))
+    before = [service.submit(sleep, 0.2) for _ in range(3)]
+    crasher = service.submit(crash)
+    after = [service.submit(add, i, 1) for i in range(5)]
+    results = service.wait_results([*before, crasher, *after])
+    assert results[crasher].is_error
+    assert "BrokenProcessPool" in results[crasher].data
+    assert all(not results[t].is_error for t in before + after)
+
+
+def test_stop_answers_unfinished_tasks_explicitly(service, launch):
+    ep = launch(engine_yaml("ThreadPoolEngine"))
+    slow = service.submit(sleep, 60)
+    fast = service.submit(add, 1, 1)
+    service.wait_results([fast])
+    ep.kill(signal.SIGTERM)
+    results = service.wait_results([slow], timeout=40)
+    assert results[slow].error_details.code == "UNKNOWN_TASK_FAILURE"
+    assert ep.wait(30) == 0
+    final = service.wait_heartbeat(lambda s: s.get("active") is False)
+    assert final.endpoint_id == uuid.UUID(service.endpoint_id)
+
+
+def test_shell_function_runs(service, launch):
+    from globus_compute_sdk import ShellFunction
+
+    launch(engine_yaml("ProcessPoolEngine"))
+    shell = ShellFunction("echo hello {name}; pwd")
+    task_id = service.submit(shell, name="there")
+    result = decode_result(service.wait_results([task_id])[task_id])
+    assert result.returncode == 0
+    assert "hello there" in result.stdout
+
+
+def test_startup_failure_is_reported_to_the_user(service, launch):
+    ep = launch("engine:\n  type: NoSuchEngine\n")
+    report = service.wait_heartbeat(lambda s: "error" in s)
+    assert report.global_state["heartbeat_period"] == 3
+    assert "NoSuchEngine" in report.global_state["error"]
+    assert ep.wait(30) != 0
+    assert "NoSuchEngine" in ep.log_text()
+
+
+def test_credentials_are_read_from_the_encrypted_memfd(service, launch):
+    import json
+
+    from cryptography.fernet import Fernet
+
+    key = Fernet.generate_key()
+    fd = os.memfd_create("creds", 0)
+    token = Fernet(key).encrypt(json.dumps({"amqp_creds": service.amqp_creds()}).encode())
+    os.write(fd, token)
+    os.set_inheritable(fd, True)
+    try:
+        launch(
+            engine_yaml("ThreadPoolEngine"),
+            mem_fd=fd,
+            enckey=key.decode(),
+            _pass_fds=(fd,),
+        )
+        task_id = service.submit(add, 2, 3)
+        assert decode_result(service.wait_results([task_id])[task_id]) == 5
+    finally:
+        os.close(fd)
