@@ -1,90 +1,170 @@
-"""``make demo``: run the main job as far as it exists, on real components.
+"""``make demo``: the main job, end to end, on this machine.
 
-Today this is the protocol path: the official Globus Compute SDK serializes a
-function call exactly as its Executor does; wire/ packs it as a Task and sends it
-through the real RabbitMQ on 127.0.0.1:5672; a consumer built on wire/ runs it and
-publishes a Result; the official globus-compute-common and SDK decode that result.
-The full appliance (service -> manager -> user endpoint as a local account) will
-replace this once those parts land; the output says which one ran.
+1. start the self-hosted compute service on localhost:5000 (SQLite, a private
+   RabbitMQ vhost) and create Globus-Auth-shaped clients for an admin and a
+   researcher;
+2. create a local account for the researcher and configure a multi-user
+   endpoint whose identity mapping sends ``researcher@uni.edu`` to it;
+3. start the manager as root with ``compute-endpoint start``;
+4. run unmodified official-SDK code as the researcher (configured only by
+   environment variables) and print who the function ran as;
+5. stop everything and remove the account.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
-from globus_compute_common import messagepack
-from globus_compute_sdk.serialize import ComputeSerializer
+from tests.fixtures_service import REPO, SDK_PORT, RunningService, private_vhost
 
-from wire.amqp import connect
-from wire.messages import Result, Task, pack, unpack_as
-from wire.serializer import serialize_result, unpack_task_buffer
+RESEARCHER_CODE = """
+import getpass, json, os, socket, sys
+from globus_compute_sdk import Executor
 
-BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"
+def where_am_i(x):
+    import getpass, os, socket
+    return {"user": getpass.getuser(), "uid": os.getuid(), "host": socket.gethostname(), "x": x}
 
-
-def researcher_function(name, greeting="Hello"):
-    import getpass
-    import socket
-
-    return f"{greeting}, {name}, from {getpass.getuser()}@{socket.gethostname()}"
-
-
-def _get(channel, queue: str, timeout_s: float = 10.0) -> bytes:
-    """Wait for one message: a publish is asynchronous, so the queue may lag."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        method, _, body = channel.basic_get(queue, auto_ack=True)
-        if method is not None:
-            return body
-        channel.connection.sleep(0.05)
-    raise TimeoutError(f"nothing arrived on {queue} within {timeout_s} s")
+with Executor(endpoint_id=sys.argv[1], user_endpoint_config={"label": "demo"}) as ex:
+    futures = [ex.submit(where_am_i, i) for i in range(3)]
+    print(json.dumps([f.result(timeout=120) for f in futures]))
+"""
+TEMPLATE = """\
+heartbeat_period: 5
+idle_heartbeats_soft: 4
+engine:
+  type: ProcessPoolEngine
+  max_workers: 2
+"""
 
 
-def _submit(channel, queue: str) -> uuid.UUID:
-    sdk = ComputeSerializer()
-    function_code = sdk.pack_buffers([sdk.serialize(researcher_function)])
-    payload = sdk.pack_buffers([sdk.serialize(("world",)), sdk.serialize({"greeting": "Hi"})])
-    task = Task(task_id=uuid.uuid4(), task_buffer=function_code + payload)
-    channel.basic_publish("", queue, pack(task))
-    print(f"1. SDK-serialized task {task.task_id} published to RabbitMQ queue {queue}")
-    return task.task_id
+def say(step: str) -> None:
+    print(f"[demo] {step}", flush=True)
 
 
-def _execute(channel, task_queue: str, result_queue: str) -> None:
-    body = _get(channel, task_queue)
-    task = unpack_as(body, Task)
-    fn, args, kwargs = unpack_task_buffer(task.task_buffer)
-    result = Result(task_id=task.task_id, data=serialize_result(fn(*args, **kwargs)))
-    channel.basic_publish("", result_queue, pack(result))
-    print("2. consumer built on wire/ ran it and published the Result")
+def run(*args: str, **kw) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        args, capture_output=True, text=True, timeout=kw.pop("timeout", 120), **kw
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"[demo] failed: {' '.join(args)}\n{done.stdout}\n{done.stderr}")
+    return done
 
 
-def _receive(channel, result_queue: str, task_id: uuid.UUID) -> str:
-    body = _get(channel, result_queue)
-    result = messagepack.unpack(body)
-    assert result.task_id == task_id
-    value = ComputeSerializer().deserialize(result.data)
-    print(f"3. official globus-compute-common + SDK decoded the result: {value!r}")
-    return value
+@contextlib.contextmanager
+def local_account():
+    name = f"ca-demo-{uuid.uuid4().hex[:6]}"
+    run("useradd", "-m", "-s", "/bin/sh", name)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", name], check=False)
+        subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
+
+
+def env_for(service: RunningService, client: dict, **extra: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO), GLOBUS_SDK_ENVIRONMENT="local")
+    env.update(
+        GLOBUS_SDK_SERVICE_URL_AUTH=f"{service.url}/",
+        GLOBUS_COMPUTE_CLIENT_ID=client["client_id"],
+        GLOBUS_COMPUTE_CLIENT_SECRET=client["client_secret"],
+        **extra,
+    )
+    return env
+
+
+def configure(root: Path, service: RunningService, admin: dict, account: pwd.struct_passwd) -> None:
+    mapping = root / "mapping.json"
+    rule = {"source": "{username}", "match": "researcher@uni\\.edu", "output": account.pw_name}
+    mapping.write_text(
+        json.dumps([{"DATA_TYPE": "expression_identity_mapping#1.0.0", "mappings": [rule]}])
+    )
+    run(
+        sys.executable,
+        "-m",
+        "mep.cli",
+        "configure",
+        "demo",
+        "--multi-user",
+        "--contact-email",
+        "admin@site.org",
+        "--id-mapping-config",
+        str(mapping),
+        "--config-dir",
+        str(root),
+        env=env_for(service, admin),
+    )
+    (root / "demo" / "user_config_template.yaml.j2").write_text(TEMPLATE)
+
+
+@contextlib.contextmanager
+def manager(root: Path, service: RunningService, admin: dict):
+    log = root / "manager.out"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mep.cli", "start", "demo", "--config-dir", str(root)],
+            env=env_for(service, admin),
+            stdout=subprocess.PIPE,
+            stderr=out,
+            text=True,
+        )
+    try:
+        endpoint_id = process.stdout.readline().strip()
+        if not endpoint_id:
+            raise SystemExit(f"[demo] the manager did not start:\n{log.read_text()}")
+        yield endpoint_id
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
 
 
 def main() -> None:
-    print(
-        "compute-agent demo: protocol path over real RabbitMQ (service/manager e2e not yet built)"
-    )
+    if os.geteuid() != 0:
+        raise SystemExit("[demo] run as root: it creates a local account and starts a root manager")
     started = time.perf_counter()
-    connection = connect(BROKER, client_name="compute-agent-demo")
-    try:
-        channel = connection.channel()
-        task_queue = channel.queue_declare("", exclusive=True).method.queue
-        result_queue = channel.queue_declare("", exclusive=True).method.queue
-        task_id = _submit(channel, task_queue)
-        _execute(channel, task_queue, result_queue)
-        _receive(channel, result_queue, task_id)
-    finally:
-        connection.close()
-    print(f"done in {time.perf_counter() - started:.2f} s")
+    with (
+        tempfile.TemporaryDirectory(prefix="compute-agent-demo-") as tmp,
+        private_vhost("demo") as amqp,
+    ):
+        root = Path(tmp)
+        service = RunningService(
+            SDK_PORT, f"sqlite:///{root / 'service.db'}", amqp, root / "service.log"
+        )
+        say(f"starting compute-service on {service.url}")
+        service.start()
+        try:
+            admin = service.add_client("admin@site.org")
+            researcher = service.add_client("researcher@uni.edu")
+            with local_account() as account:
+                say(
+                    f"local account {account.pw_name} (uid {account.pw_uid}) for researcher@uni.edu"
+                )
+                configure(root, service, admin, account)
+                with manager(root, service, admin) as endpoint_id:
+                    say(f"manager running as root, endpoint id {endpoint_id}")
+                    code = root / "researcher.py"
+                    code.write_text(RESEARCHER_CODE)
+                    sdk_env = env_for(
+                        service, researcher, GLOBUS_COMPUTE_USER_DIR=str(root / "sdk")
+                    )
+                    done = run(sys.executable, str(code), endpoint_id, env=sdk_env, timeout=240)
+                    for row in json.loads(done.stdout.strip().splitlines()[-1]):
+                        say(
+                            f"task {row['x']} ran as {row['user']} (uid {row['uid']}) on {row['host']}"
+                        )
+        finally:
+            service.stop()
+    say(f"done in {time.perf_counter() - started:.1f} s")
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ from wire.errors import QueueInfoError
 from wire.queue_info import AmqpCreds, WriteQueueInfo
 
 MAX_SKEW_S = 180
-COMMAND_NAME = re.compile(r"^cmd_[A-Za-z][0-9A-Za-z_]{0,99}$")
+COMMAND_NAME = re.compile(r"cmd_[A-Za-z][0-9A-Za-z_]{0,99}")
 KNOWN_COMMANDS = frozenset({"cmd_start_endpoint"})
-ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
+ENDPOINT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 IDENTITY_FIELDS = ("globus_effective_identity", "globus_identity_set", "globus_username")
 
 
@@ -92,7 +92,7 @@ def _check_kwargs(kwargs: t.Any) -> tuple[str, AmqpCreds] | str:
     if not isinstance(kwargs, dict):
         return "kwargs is not an object"
     name = kwargs.get("name")
-    if not isinstance(name, str) or not ENDPOINT_NAME.match(name):
+    if not isinstance(name, str) or not ENDPOINT_NAME.fullmatch(name):
         return (
             f"invalid user endpoint name {name!r} (allowed: [A-Za-z0-9._-], 1-128, no leading dot)"
         )
@@ -149,7 +149,7 @@ def parse_command(props: Properties, body: bytes, now: float) -> StartCommand | 
     command = data.get("command")
     if (
         not isinstance(command, str)
-        or not COMMAND_NAME.match(command)
+        or not COMMAND_NAME.fullmatch(command)
         or command not in KNOWN_COMMANDS
     ):
         return reject(

@@ -153,6 +153,8 @@ def rejected(decision, check):
         (props(), body(command=None), "command"),
         (props(), body(kwargs={"name": "../etc", "amqp_creds": creds()}), "kwargs"),
         (props(), body(kwargs={"name": ".hidden", "amqp_creds": creds()}), "kwargs"),
+        (props(), body(kwargs={"name": "uep.1\n", "amqp_creds": creds()}), "kwargs"),
+        (props(), body(command="cmd_start_endpoint\n"), "command"),
         (props(), body(kwargs={"name": "ok"}), "kwargs"),
         (props(), body(kwargs={"name": "ok", "amqp_creds": creds(), "user_opts": [1]}), "kwargs"),
         (props(), body(kwargs=[]), "kwargs"),
@@ -182,7 +184,7 @@ def test_rejections_after_parsing_reply_on_the_ueps_heartbeat_queue():
     ("username", "check", "leak"),
     [
         ("carol@nowhere.org", "identity_mapping", None),
-        ("root@root.x", "policy:root", None),
+        ("root@root.x", "policy:superuser", "root"),
         ("daemon@sys.x", "policy:min_uid", "daemon"),
         ("svc@sys.x", "policy:min_uid", "svc"),
         ("ghost@ghost.x", "policy:unknown-user", "ghost"),
@@ -205,7 +207,7 @@ def test_manager_own_uid_is_refused():
             name, AccountPolicy(), 2001, lookup_user=USERS.get, lookup_groups=lambda n, g: ((g, n),)
         )
     )
-    rejected(decide(props(), body(), NOW, ctx), "policy:manager-uid")
+    rejected(decide(props(), body(), NOW, ctx), "policy:manager-account")
 
 
 def test_per_user_and_total_limits():

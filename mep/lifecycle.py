@@ -1,0 +1,342 @@
+"""``compute-endpoint start/stop/restart/list/delete``: running the manager.
+
+Exit codes (also in ``--help``): 0 done; 1 the request makes no sense now (not
+running, refused deletion); 2 bad name or missing endpoint; 65/69/70/75/77/78
+registration and configuration failures (sysexits, as upstream); 73 another
+manager already runs for this endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+import typing as t
+from pathlib import Path
+
+import typer
+
+from templates.endpoint_dir import base_dir, check_endpoint_name
+from templates.errors import ConfigError
+
+EX_CANTCREAT = 73
+EXIT_CODES = (
+    "Exit codes: 0 success; 1 nothing to do or refused; 2 bad name or no such endpoint;"
+    " 65 service rejected the registration; 69 service unavailable for this endpoint;"
+    " 70 unexpected service answer; 73 already running; 75 service unreachable;"
+    " 77 credentials refused or file unreadable; 78 configuration error."
+)
+STOP_WAIT_S = 30.0
+log = logging.getLogger("mep")
+
+
+def _fail(code: int, message: str) -> t.NoReturn:
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def config_root(config_dir: str | None) -> Path:
+    """``--config-dir``, else the base directory ``configure`` uses."""
+    if config_dir:
+        return Path(config_dir).expanduser()
+    return base_dir(os.environ, os.geteuid(), Path.home())
+
+
+def _existing_dir(name: str, config_dir: str | None) -> Path:
+    try:
+        directory = config_root(config_dir) / check_endpoint_name(name)
+    except ConfigError as e:
+        _fail(2, str(e))
+    if not (directory / "config.yaml").is_file():
+        _fail(
+            2,
+            f"no endpoint {name!r} in {directory.parent}; create it with: compute-endpoint configure {name}",
+        )
+    return directory
+
+
+def _setup_logging(directory: Path, to_console: bool, debug: bool) -> None:
+    from wire.amqp import install_redaction
+
+    log_path = directory / "endpoint.log"
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.close(fd)
+    handlers: list[logging.Handler] = [logging.FileHandler(log_path)]
+    if to_console:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    install_redaction()
+
+
+def _daemonize(directory: Path) -> None:
+    """Detach: a grandchild in its own session, stdio on /dev/null and the log."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    null = os.open(os.devnull, os.O_RDWR)
+    logfd = os.open(directory / "endpoint.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(null, 0)
+    os.dup2(logfd, 1)
+    os.dup2(logfd, 2)
+    os.close(null)
+    os.close(logfd)
+
+
+def _register(name: str, directory: Path, config: t.Any, runtime: t.Any) -> t.Any:
+    from mep import registration as r
+
+    creds = r.client_credentials(os.environ)
+    service_url, auth_url = r.resolve_urls(config.service_url, config.auth_url, os.environ)
+    if not runtime.multi_user:
+        runtime.owner_identities = r.owner_identities(auth_url, *creds)
+    template = _read(config.user_config_template_path)
+    schema_text = _read(config.user_config_schema_path)
+    body = r.registration_body(
+        name,
+        config,
+        multi_user=runtime.multi_user,
+        config_text=_read(directory / "config.yaml") or "",
+        template_text=template,
+        schema=json.loads(schema_text) if schema_text else None,
+    )
+    client = r.compute_client(service_url, auth_url, *creds)
+    registration = r.register(client, body, r.read_endpoint_id(directory))
+    r.write_endpoint_id(directory, registration.endpoint_id)
+    runtime.bind_endpoint(registration.endpoint_id)
+    return registration
+
+
+def _read(path: Path | None) -> str | None:
+    try:
+        return path.read_text() if path else None
+    except FileNotFoundError:
+        return None
+
+
+def start(
+    name: str = typer.Argument(
+        ..., help="The endpoint's name (its directory under the config root)."
+    ),
+    detach: bool = typer.Option(
+        False, "--detach", help="Run in the background; logs go to endpoint.log."
+    ),
+    config_dir: str = typer.Option(
+        None, "--config-dir", help="Config root (default /etc/compute-agent as root)."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Log at debug level."),
+) -> None:
+    """Register the endpoint with the compute service and run its manager.
+
+    Prints the endpoint id on stdout. In the foreground (the systemd unit's way)
+    it runs until SIGTERM, stopping its user endpoints with a grace period.
+    """
+    from mep.manager import Manager
+    from mep.pidfile import AlreadyRunning, PidFile, running_pid
+    from mep.registration import RegistrationError
+    from mep.runtime import Runtime, RuntimeConfigError
+    from templates.errors import ConfigError
+    from templates.manager_config import load_manager_config
+
+    directory = _existing_dir(name, config_dir)
+    os.umask(0o077)
+    pid = running_pid(directory)
+    if pid:
+        _fail(EX_CANTCREAT, f"endpoint {name!r} is already running (pid {pid}); refusing to start")
+    try:
+        config = load_manager_config(directory / "config.yaml")
+        runtime = Runtime.load(name, directory, config)
+        registration = _register(name, directory, config, runtime)
+    except ConfigError as e:
+        _fail(78, str(e))
+    except (RuntimeConfigError, RegistrationError) as e:
+        _fail(e.exit_code, str(e))
+    typer.echo(str(registration.endpoint_id))
+    if detach:
+        sys.stdout.flush()
+        _daemonize(directory)
+    _setup_logging(directory, to_console=not detach, debug=debug or config.debug)
+    try:
+        pidfile = PidFile(directory / "daemon.pid")
+    except AlreadyRunning as e:
+        _fail(EX_CANTCREAT, str(e))
+    log.info(
+        "========== manager %s begins (%s, pid %d)",
+        registration.endpoint_id,
+        directory,
+        os.getpid(),
+    )
+    try:
+        code = Manager(runtime, registration).run()
+    except Exception:
+        log.exception("the manager failed")
+        code = 70
+    finally:
+        pidfile.release()
+    raise typer.Exit(code)
+
+
+def _wait_stopped(directory: Path, timeout_s: float) -> bool:
+    from mep.pidfile import running_pid
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not running_pid(directory):
+            return True
+        time.sleep(0.1)
+    return not running_pid(directory)
+
+
+def stop_manager(directory: Path, timeout_s: float = STOP_WAIT_S) -> bool:
+    """SIGTERM the manager, wait for it to stop its children, SIGKILL if it hangs."""
+    from mep.pidfile import running_pid
+
+    pid = running_pid(directory)
+    if not pid or pid < 0:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    if not _wait_stopped(directory, timeout_s):
+        log.warning("manager pid %d did not stop in %.0f s; killing it", pid, timeout_s)
+        os.kill(pid, signal.SIGKILL)
+        _wait_stopped(directory, 5.0)
+    return True
+
+
+def stop(
+    name: str = typer.Argument(..., help="The endpoint's name."),
+    config_dir: str = typer.Option(None, "--config-dir", help="Config root."),
+) -> None:
+    """Stop a running manager and, through it, all of its user endpoints."""
+    directory = _existing_dir(name, config_dir)
+    if not stop_manager(directory):
+        typer.echo(f"endpoint {name!r} is not running")
+        raise typer.Exit(1)
+    typer.echo(f"endpoint {name!r} stopped")
+
+
+def restart(
+    name: str = typer.Argument(..., help="The endpoint's name."),
+    detach: bool = typer.Option(
+        True, "--detach/--foreground", help="Run the new manager in the background."
+    ),
+    config_dir: str = typer.Option(None, "--config-dir", help="Config root."),
+) -> None:
+    """Stop the manager if it runs, then start it again (detached by default)."""
+    directory = _existing_dir(name, config_dir)
+    stop_manager(directory)
+    start(name, detach=detach, config_dir=config_dir, debug=False)
+
+
+def endpoint_status(directory: Path) -> dict:
+    """id, status (running / disconnected / stopped) and live user endpoints of one endpoint."""
+    from mep.pidfile import running_pid
+    from mep.registration import read_endpoint_id
+
+    try:
+        endpoint_id = read_endpoint_id(directory)
+    except Exception:
+        endpoint_id = None
+    info = {
+        "name": directory.name,
+        "id": str(endpoint_id or "-"),
+        "status": "stopped",
+        "user_endpoints": 0,
+    }
+    if not running_pid(directory):
+        return info
+    try:
+        state = json.loads((directory / "status.json").read_text())
+    except (FileNotFoundError, ValueError):
+        state = {}
+    fresh = time.time() - state.get("updated", 0) <= 3 * state.get("heartbeat_period", 30) + 5
+    info["status"] = "running" if state.get("connected") and fresh else "disconnected"
+    info["user_endpoints"] = int(state.get("user_endpoints", 0))
+    return info
+
+
+def list_endpoints(
+    config_dir: str = typer.Option(None, "--config-dir", help="Config root."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List configured endpoints: id, status (running / disconnected / stopped), name, live user endpoints."""
+    root = config_root(config_dir)
+    rows = [endpoint_status(p.parent) for p in sorted(root.glob("*/config.yaml"))]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    header = f"{'Endpoint ID':<36}  {'Status':<12}  {'User endpoints':>14}  Name"
+    typer.echo(header)
+    typer.echo("-" * len(header))
+    for row in rows:
+        typer.echo(
+            f"{row['id']:<36}  {row['status']:<12}  {row['user_endpoints']:>14}  {row['name']}"
+        )
+
+
+def delete(
+    name: str = typer.Argument(..., help="The endpoint's name."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+    force: bool = typer.Option(False, "--force", help="Stop it if running; ignore service errors."),
+    config_dir: str = typer.Option(None, "--config-dir", help="Config root."),
+) -> None:
+    """Delete the endpoint at the service and remove its directory."""
+    from mep.pidfile import running_pid
+
+    directory = _existing_dir(name, config_dir)
+    if running_pid(directory):
+        if not force:
+            _fail(1, f"endpoint {name!r} is running; stop it first or pass --force")
+        stop_manager(directory)
+    if not yes and not typer.confirm(f"Delete endpoint {name!r} and {directory}?", default=False):
+        _fail(1, "not deleted")
+    try:
+        _delete_remote(directory)
+    except Exception as e:
+        if not force:
+            _fail(
+                1,
+                f"the service did not delete the endpoint ({e}); pass --force to delete locally anyway",
+            )
+        typer.echo(f"warning: the service did not delete the endpoint: {e}", err=True)
+    shutil.rmtree(directory)
+    typer.echo(f"endpoint {name!r} deleted")
+
+
+def _delete_remote(directory: Path) -> None:
+    import globus_sdk
+
+    from mep import registration as r
+    from templates.manager_config import load_manager_config
+
+    endpoint_id = r.read_endpoint_id(directory)
+    if endpoint_id is None:
+        return
+    config = load_manager_config(directory / "config.yaml")
+    client_id, secret = r.client_credentials(os.environ)
+    service_url, auth_url = r.resolve_urls(config.service_url, config.auth_url, os.environ)
+    auth = globus_sdk.ConfidentialAppAuthClient(client_id, secret, base_url=auth_url)
+    authorizer = globus_sdk.ClientCredentialsAuthorizer(auth, r.COMPUTE_SCOPE)
+    client = globus_sdk.ComputeClientV2(base_url=service_url, authorizer=authorizer)
+    client.delete_endpoint(endpoint_id)
+
+
+def register(app: typer.Typer) -> None:
+    for command, command_name in (
+        (start, "start"),
+        (stop, "stop"),
+        (restart, "restart"),
+        (list_endpoints, "list"),
+        (delete, "delete"),
+    ):
+        app.command(command_name, epilog=EXIT_CODES)(command)

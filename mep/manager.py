@@ -1,0 +1,349 @@
+"""The manager's main loop: the imperative shell around the decision core.
+
+One thread does everything, in a loop that never blocks for long: consume start
+commands (acked at once, as upstream), decide, act (spawn, refresh credentials,
+or tell the submitter why not), reap children after SIGCHLD, restart those that
+exited cleanly while work was still arriving, publish heartbeats, copy audit
+records, and reload the identity mapping on SIGHUP. The pieces it acts through
+live elsewhere: :mod:`mep.privilege` for every identity-changing syscall,
+:mod:`mep.children` for the child table, :mod:`mep.notices` for rejections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import time
+import typing as t
+
+import pika
+import pika.exceptions
+import setproctitle
+
+from mep import children as child_table
+from mep.audit import AuditLog, AuditWriteError, record_line, session_line
+from mep.command import Properties, Rejection
+from mep.decision import Decision, DecisionContext, LaunchPlan, Refresh, decide
+from mep.launch import CredentialChannel
+from mep.notices import send_failure_notice
+from mep.privilege import SpawnError, spawn_user_endpoint
+from mep.registration import Registration
+from wire.amqp import connection_parameters, publish_kwargs, redact
+from wire.messages import EPStatusReport, pack
+
+log = logging.getLogger(__name__)
+STOP_GRACE_S = 10.0
+LOOP_TICK_S = 0.5
+STATUS_FILE = "status.json"
+
+
+@dataclasses.dataclass
+class Started:
+    """What the manager remembers about a user endpoint it started."""
+
+    plan: LaunchPlan
+    credentials: CredentialChannel
+    started_at: float
+    last_request_at: float
+
+
+class Manager:
+    """Runs until signalled; everything it needs comes from :class:`mep.runtime.Runtime`."""
+
+    def __init__(self, runtime: t.Any, registration: Registration) -> None:
+        self.rt = runtime
+        self.reg = registration
+        self.children = child_table.ChildTable(runtime.restart_policy())
+        self.started: dict[str, Started] = {}
+        self.pending_restarts: dict[str, float] = {}
+        self.restart_plans: dict[str, LaunchPlan] = {}
+        self.audit: AuditLog | None = None
+        self._stop = False
+        self._reload = False
+        self._next_heartbeat = 0.0
+        self._channel: t.Any = None
+
+    # ---- signals -------------------------------------------------------
+    def _install_signals(self) -> None:
+        def stop(signum: int, _frame: t.Any) -> None:
+            log.info("received %s; stopping", signal.Signals(signum).name)
+            self._stop = True
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(sig, stop)
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "_reload", True))
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+
+    # ---- the loop ------------------------------------------------------
+    def run(self) -> int:
+        self._install_signals()
+        self._title("running")
+        if self.rt.config.audit_log_path:
+            self.audit = AuditLog(self.rt.config.audit_log_path)
+            self.audit.write(
+                session_line(os.getuid(), os.getpid(), str(self.reg.endpoint_id), True)
+            )
+        backoff = 1.0
+        try:
+            while not self._stop:
+                try:
+                    self._serve()
+                    backoff = 1.0
+                except (pika.exceptions.AMQPError, OSError) as e:
+                    self._write_status(connected=False)
+                    log.error(
+                        "broker connection lost: %s; retrying in %.0f s", redact(str(e)), backoff
+                    )
+                    self._sleep_housekeeping(backoff)
+                    backoff = min(backoff * 2, 30.0)
+        except AuditWriteError as e:
+            log.critical("%s; stopping (the audit log is fail-closed)", e)
+            return 1
+        finally:
+            self._shutdown()
+        return 0
+
+    def _serve(self) -> None:
+        params = connection_parameters(
+            self.reg.command_queue.connection_url,
+            port=self.rt.config.amqp_port,
+            client_name=f"compute-agent manager {self.reg.endpoint_id}",
+        )
+        connection = pika.BlockingConnection(params)
+        try:
+            self._channel = connection.channel()
+            self._channel.confirm_delivery()
+            self._channel.basic_consume(self.reg.command_queue.queue, self._on_command)
+            log.info("consuming start commands from %s", self.reg.command_queue.queue)
+            self._next_heartbeat = 0.0
+            while not self._stop:
+                connection.process_data_events(time_limit=LOOP_TICK_S)
+                self._housekeeping()
+            self._heartbeat(final=True)
+        finally:
+            self._channel = None
+            if connection.is_open:
+                connection.close()
+
+    def _sleep_housekeeping(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stop and time.monotonic() < deadline:
+            time.sleep(min(LOOP_TICK_S, seconds))
+            self._housekeeping(heartbeats=False)
+
+    def _housekeeping(self, heartbeats: bool = True) -> None:
+        for exited in self.children.reap():
+            self._on_exit(exited)
+        if self._reload:
+            self._reload = False
+            self.rt.reload()
+        self._restart_due()
+        if self.audit:
+            self.audit.drain()
+        if heartbeats and time.monotonic() >= self._next_heartbeat:
+            self._heartbeat()
+
+    # ---- commands ------------------------------------------------------
+    def _on_command(self, channel: t.Any, method: t.Any, props: t.Any, body: bytes) -> None:
+        channel.basic_ack(method.delivery_tag)
+        properties = Properties(props.content_type, props.timestamp, dict(props.headers or {}))
+        if properties.headers.get("debug"):
+            log.info("command received: %s", redact(body.decode("utf-8", "replace")))
+        try:
+            decision = decide(properties, body, time.time(), self._context())
+            self._act(decision)
+        except AuditWriteError:
+            raise
+        except Exception:
+            log.exception("unable to handle a start command")
+
+    def _context(self) -> DecisionContext:
+        return self.rt.decision_context(self.children.running_users())
+
+    def _act(self, decision: Decision) -> None:
+        if isinstance(decision, Rejection):
+            self._reject(decision)
+        elif isinstance(decision, Refresh):
+            self._refresh(decision)
+        else:
+            self._launch(decision)
+
+    def _reject(self, rejection: Rejection) -> None:
+        log.warning("start refused [%s]: %s", rejection.check, rejection.admin_message)
+        if rejection.notify is not None and rejection.endpoint_id is not None:
+            send_failure_notice(
+                rejection.notify,
+                rejection.endpoint_id,
+                rejection.user_message,
+                self.rt.config.amqp_port,
+            )
+
+    def _refresh(self, refresh: Refresh) -> None:
+        started = self.started.get(refresh.command.name)
+        if started is None:
+            return
+        started.credentials.write(refresh.command.amqp_creds)
+        started.last_request_at = time.monotonic()
+        log.info("refreshed credentials of running user endpoint %s", refresh.command.name)
+
+    def _launch(self, plan: LaunchPlan) -> None:
+        name = plan.command.name
+        self.pending_restarts.pop(name, None)
+        self.restart_plans.pop(name, None)
+        blocked = self.children.before_start(name)
+        if blocked is not None:
+            self._reject(
+                self._plan_rejection(
+                    plan, "circuit_open", blocked.user_message, blocked.admin_message
+                )
+            )
+            return
+        credentials = CredentialChannel(name, plan.command.amqp_creds)
+        audit_w = None
+        if self.audit:
+            audit_r, audit_w = self.audit.open_pipe()
+        try:
+            request = self.rt.spawn_request(plan, credentials, audit_w)
+            spawned = spawn_user_endpoint(request)
+        except SpawnError as e:
+            credentials.close()
+            log.error("could not start user endpoint %s: [%s] %s", name, e.step, e.admin_message)
+            self._reject(
+                Rejection(
+                    f"spawn:{e.step}",
+                    e.user_message,
+                    e.admin_message,
+                    plan.command.amqp_creds.heartbeat_queue_info,
+                    plan.command.endpoint_id,
+                )
+            )
+            return
+        finally:
+            if audit_w is not None:
+                os.close(audit_w)
+        credentials.close_child_end()
+        now = time.monotonic()
+        self.children.add(name, spawned)
+        self.started[name] = Started(plan, credentials, now, now)
+        if self.audit:
+            self.audit.watch(
+                audit_r, spawned.account.uid, spawned.pid, str(plan.command.endpoint_id)
+            )
+            self.audit.write(
+                record_line(
+                    spawned.account.uid,
+                    spawned.pid,
+                    str(plan.command.endpoint_id),
+                    f"START local_user={plan.account.name} identity={plan.ep_info.get('globus_matched_identity')}",
+                )
+            )
+        log.info(
+            "started user endpoint %s (pid %d) as %s for %s",
+            name,
+            spawned.pid,
+            plan.account.name,
+            plan.command.username,
+        )
+
+    # ---- children ------------------------------------------------------
+    def _on_exit(self, exited: t.Any) -> None:
+        started = self.started.pop(exited.name, None)
+        log.info("user endpoint %s (pid %d) exited: %s", exited.name, exited.pid, exited.describe())
+        if started is None:
+            return
+        started.credentials.close()
+        if self.audit:
+            self.audit.write(
+                record_line(
+                    started.plan.account.uid,
+                    exited.pid,
+                    str(started.plan.command.endpoint_id),
+                    f"EXIT {exited.describe()}",
+                )
+            )
+        recent = time.monotonic() - started.last_request_at
+        has_work = (
+            recent <= self.rt.config.mu_child_ep_grace_period_s
+            and started.last_request_at > started.started_at
+        )
+        delay = self.rt.restart_delay(exited, has_work)
+        if delay is not None and not self._stop:
+            log.info("will restart user endpoint %s in %.1f s", exited.name, delay)
+            self.pending_restarts[exited.name] = time.monotonic() + delay
+            self.started[exited.name] = started  # keep the plan for the restart
+            started.credentials = CredentialChannel(exited.name, started.plan.command.amqp_creds)
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for name, when in list(self.pending_restarts.items()):
+            if when > now or self._stop:
+                continue
+            del self.pending_restarts[name]
+            self._launch(self.restart_plans.pop(name))
+
+    # ---- heartbeats and shutdown ---------------------------------------
+    def _heartbeat(self, final: bool = False) -> None:
+        period = self.rt.config.heartbeat_period
+        self._next_heartbeat = time.monotonic() + period
+        self._write_status(connected=self._channel is not None and not final)
+        if self._channel is None:
+            return
+        state = {
+            "heartbeat_period": 0 if final else period,
+            "user_endpoints": len(self.started),
+            "active": not final,
+        }
+        report = EPStatusReport(
+            endpoint_id=self.reg.endpoint_id, global_state=state, task_statuses={}
+        )
+        try:
+            self._channel.basic_publish(
+                body=pack(report), **publish_kwargs(self.reg.heartbeat_queue)
+            )
+        except pika.exceptions.AMQPError as e:
+            log.warning("heartbeat not delivered: %s", redact(str(e)))
+
+    def _write_status(self, connected: bool) -> None:
+        """``status.json`` tells ``compute-endpoint list`` what the manager is doing."""
+        state = {
+            "endpoint_id": str(self.reg.endpoint_id),
+            "pid": os.getpid(),
+            "connected": connected,
+            "user_endpoints": len(self.children.running_users()),
+            "updated": time.time(),
+            "heartbeat_period": self.rt.config.heartbeat_period,
+        }
+        path = self.rt.endpoint_dir / STATUS_FILE
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, path)
+
+    def _title(self, state: str) -> None:
+        setproctitle.setproctitle(
+            f"compute-agent manager *({self.reg.endpoint_id}, {self.rt.endpoint_dir}) [{state}]"
+        )
+
+    def _shutdown(self) -> None:
+        self._title("shutdown in progress")
+        self.pending_restarts.clear()
+        self.children.stop_all(STOP_GRACE_S)
+        for exited in self.children.reap():
+            log.info("user endpoint %s stopped: %s", exited.name, exited.describe())
+        for started in self.started.values():
+            started.credentials.close()
+        self.started.clear()
+        if self.audit:
+            try:
+                self.audit.drain()
+                self.audit.write(
+                    session_line(os.getuid(), os.getpid(), str(self.reg.endpoint_id), False)
+                )
+            except AuditWriteError as e:
+                log.critical("%s", e)
+            self.audit.close()
+        log.info("shutdown complete; manager %s ends", self.reg.endpoint_id)

@@ -1,0 +1,50 @@
+"""Researcher code for the appliance e2e test: unmodified official SDK, env-configured.
+
+Prints one JSON document: who the task ran as, and what a bad option produced.
+"""
+
+import json
+import sys
+
+from globus_compute_sdk import Executor
+
+
+def whoami():
+    import getpass
+    import os
+
+    return {
+        "user": getpass.getuser(),
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "groups": sorted(os.getgroups()),
+        "home": os.environ.get("HOME"),
+        "secret_in_env": any("SECRET" in k for k in os.environ),
+    }
+
+
+def fails():
+    raise RuntimeError("raised by the researcher's function")
+
+
+def main(endpoint_id: str, mode: str) -> dict:
+    if mode == "run":
+        with Executor(endpoint_id=endpoint_id, user_endpoint_config={"label": "e2e"}) as ex:
+            first = ex.submit(whoami)
+            broken = ex.submit(fails)
+            out = {"whoami": first.result(timeout=120)}
+            try:
+                broken.result(timeout=60)
+                out["error"] = None
+            except Exception as e:
+                out["error"] = str(e)
+        return out
+    with Executor(endpoint_id=endpoint_id, user_endpoint_config={"label": 5}) as ex:
+        try:
+            return {"result": ex.submit(whoami).result(timeout=60)}
+        except Exception as e:
+            return {"error": f"{type(e).__name__}: {e}"}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1], sys.argv[2])))
