@@ -8,7 +8,6 @@ heartbeat queue, which the service turns into the text of their exception.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import fcntl
 import json
@@ -17,6 +16,7 @@ import os
 import pwd
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -44,7 +44,7 @@ def _configure_logging(debug: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # we log connection trouble ourselves
     install_redaction(root)
 
 
@@ -130,6 +130,15 @@ def _title_setter(endpoint_id: str, name: str):
         return lambda _suffix: None
     base = f"Globus Compute Endpoint ({endpoint_id}, {name})"
     return lambda suffix: setproctitle(f"{base} {suffix}".rstrip())
+
+
+def _shutdown(engine, timeout: float = 15.0) -> None:
+    """Stop the engine, but never hang the exit on a wedged executor."""
+    stopper = threading.Thread(target=engine.shutdown, name="engine-shutdown", daemon=True)
+    stopper.start()
+    stopper.join(timeout)
+    if stopper.is_alive():
+        log.warning("engine did not shut down within %.0fs; exiting anyway", timeout)
 
 
 def exit_now(status: int) -> None:
@@ -221,7 +230,6 @@ def _serve(name: str, payload: LaunchPayload, creds: AmqpCreds) -> int:
         log.info("user endpoint %s stopped: %s", name, endpoint.stop_reason)
         return status
     finally:
-        with contextlib.suppress(Exception):
-            engine.shutdown()
+        _shutdown(engine)
         store.close()
         lock.close()

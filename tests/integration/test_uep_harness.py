@@ -8,6 +8,7 @@ Results and heartbeats back. The one self-test here checks the harness itself.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,8 +19,10 @@ import uuid
 from pathlib import Path
 
 import pika
+import pika.exceptions
 import pytest
 
+from wire import WireError
 from wire.amqp import connect
 from wire.messages import EPStatusReport, Result, Task, pack, unpack
 
@@ -142,7 +145,16 @@ class Service:
         )
 
     def drain(self) -> None:
-        """Move everything waiting on the result and heartbeat queues into memory."""
+        """Move everything waiting on the result and heartbeat queues into memory.
+
+        A broker that is restarting just means nothing to read yet."""
+        try:
+            self._drain()
+        except (pika.exceptions.AMQPError, OSError, WireError):
+            self._conn = None
+            time.sleep(0.5)
+
+    def _drain(self) -> None:
         ch = self._channel()
         for queue in (self.result_queue, self.heartbeat_queue):
             while True:
@@ -228,18 +240,20 @@ class Endpoint:
         return self.proc.wait(timeout)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
+        """SIGKILL takes the whole process group (workers too); others only the endpoint."""
         try:
-            os.killpg(self.proc.pid, sig)
+            if sig == signal.SIGKILL:
+                os.killpg(self.proc.pid, sig)
+            else:
+                os.kill(self.proc.pid, sig)
         except ProcessLookupError:
             pass
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.kill(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                pass
         self.kill(signal.SIGKILL)
         self.proc.wait(10)
 

@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - pytest fixtures imported from the harness are parameters here
 """User endpoint end to end: engines run tasks, every error code from a real case.
 
 Real RabbitMQ (a private vhost), the real ``_start-user-endpoint`` process, and
@@ -12,7 +13,7 @@ import uuid
 
 import pytest
 
-from tests.integration.test_uep_harness import (  # noqa: F401 - fixtures
+from tests.integration.test_uep_harness import (  # noqa: F401 - fixtures too
     decode_result,
     engine_yaml,
     launch,
