@@ -32,18 +32,17 @@ def main(endpoint_id: str, mode: str) -> dict:
         with Executor(endpoint_id=endpoint_id, user_endpoint_config={"label": "e2e"}) as ex:
             first = ex.submit(whoami)
             broken = ex.submit(fails)
-            out = {"whoami": first.result(timeout=120)}
-            try:
-                broken.result(timeout=60)
-                out["error"] = None
-            except Exception as e:
-                out["error"] = str(e)
-        return out
+            return {"whoami": outcome(first), "error": outcome(broken)}
     with Executor(endpoint_id=endpoint_id, user_endpoint_config={"label": 5}) as ex:
-        try:
-            return {"result": ex.submit(whoami).result(timeout=60)}
-        except Exception as e:
-            return {"error": f"{type(e).__name__}: {e}"}
+        return {"error": outcome(ex.submit(whoami))}
+
+
+def outcome(future):
+    """The task's result, or its exception as text (what a researcher would read)."""
+    try:
+        return future.result(timeout=120)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
 
 
 if __name__ == "__main__":

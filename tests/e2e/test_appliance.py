@@ -196,7 +196,8 @@ def test_each_researcher_runs_as_their_own_account(manager, tmp_path):
 
 def test_unmapped_identity_gets_a_readable_error(manager, tmp_path):
     out = _submit(manager, "carol", "run", tmp_path)
-    assert "failed to map" in json.dumps(out).lower()
+    assert out["whoami"].startswith("TaskExecutionFailed")
+    assert "Identity failed to map to a local user name" in out["whoami"]
     assert manager["process"].poll() is None
 
 
