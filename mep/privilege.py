@@ -109,6 +109,8 @@ _USER_HINTS = {
     "open log": "the user endpoint's log file could not be opened",
     "exec": "the user endpoint program could not be executed",
     "timeout": "the user endpoint took too long to start",
+    "prepare": "the endpoint host is short of resources",
+    "fork": "the endpoint host is short of resources",
 }
 
 
@@ -141,13 +143,18 @@ def spawn_user_endpoint(req: SpawnRequest) -> Spawned:
     if problem:
         raise _spawn_error(req, *problem)
     pam = _pam_session(req)
-    status_r, status_w = _high_pipe()
-    payload_fd = _payload_memfd(req.stdin_payload)
     parent = os.getpid()
+    try:
+        payload_fd, status_r, status_w = _prepare_fds(req.stdin_payload)
+    except OSError as exc:
+        raise _spawn_error(req, "prepare", str(exc)) from None
     try:
         pid = os.fork()
         if pid == 0:
             _run_child(req, status_w, payload_fd, parent, pam)
+    except OSError as exc:
+        os.close(status_r)
+        raise _spawn_error(req, "fork", str(exc)) from None
     finally:
         os.close(status_w)
         os.close(payload_fd)
@@ -190,6 +197,16 @@ def _check_request(req: SpawnRequest) -> tuple[str, str] | None:
     if (entry.pw_uid, entry.pw_gid) != (acct.uid, acct.gid):
         return "account", f"passwd now says uid {entry.pw_uid} gid {entry.pw_gid}"
     return None
+
+
+def _prepare_fds(payload: bytes) -> tuple[int, int, int]:
+    """The payload memfd and the status pipe; nothing stays open if one fails."""
+    payload_fd = _payload_memfd(payload)
+    try:
+        return (payload_fd, *_high_pipe())
+    except OSError:
+        os.close(payload_fd)
+        raise
 
 
 def _high_pipe() -> tuple[int, int]:
@@ -297,8 +314,9 @@ def _hold_pam_session(req: SpawnRequest, status_w: int, payload_fd: int, parent:
             ("pam session", pam.open_session),
         ],
     )
-    holder = os.getpid()
-    pid = os.fork()
+    holder, forked = os.getpid(), []
+    _run_steps(status_w, [("fork", lambda: forked.append(os.fork()))])
+    pid = forked[0]
     if pid == 0:
         _run_steps(status_w, _drop_steps(req, payload_fd, holder, pam))
         os._exit(_FAILED)

@@ -11,6 +11,7 @@ import pytest
 
 from mep.children import ChildTable
 from mep.privilege import spawn_user_endpoint
+from tests.integration.test_privilege_parent_death import alive
 from tests.integration.test_privilege_spawn import (  # noqa: F401 (fixtures)
     local_account,
     make_request,
@@ -52,14 +53,6 @@ def my_zombies() -> list[int]:
         if int(fields["PPid"]) == os.getpid() and fields["State"].startswith("Z"):
             zombies.append(int(pid))
     return zombies
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def test_stop_ends_a_cooperative_child_with_sigterm(table, local_account, probe_dir):  # noqa: F811

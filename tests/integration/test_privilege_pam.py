@@ -22,8 +22,9 @@ from mep.privilege import SpawnError, spawn_user_endpoint
 from tests.integration.test_privilege_parent_death import (
     alive,
     intermediates,  # noqa: F401 (fixture)
+    reap_orphan,
     spawn_via_intermediate,
-    wait_gone,
+    subreaper,  # noqa: F401 (fixture)
 )
 from tests.integration.test_privilege_spawn import (  # noqa: F401 (fixtures)
     local_account,
@@ -129,6 +130,7 @@ def test_pam_account_refusal_fails_at_pam_account(pam_service, local_account, pr
 
 
 def test_parent_death_closes_the_session_and_ends_the_endpoint(
+    subreaper,  # noqa: F811
     intermediates,  # noqa: F811
     pam_service,
     local_account,  # noqa: F811
@@ -141,7 +143,8 @@ def test_parent_death_closes_the_session_and_ends_the_endpoint(
     wait_for_log(os.path.join(req.log_dir, req.log_name), "ready")
     parent.kill()
     parent.wait(timeout=30)
-    assert wait_gone(endpoint) and wait_gone(holder)
+    assert reap_orphan(holder) == -signal.SIGTERM, "the holder ends like its endpoint"
+    assert not alive(endpoint)
     wait_for_event(events, f"close_session {local_account.name}")
 
 

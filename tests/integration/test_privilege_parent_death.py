@@ -7,6 +7,7 @@ until the test SIGKILLs it.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -47,19 +48,39 @@ time.sleep(600)
 """
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@pytest.fixture
+def subreaper():
+    """Orphans of the stand-in manager become this process's children, so the test
+    reaps them and sees how they died (instead of leaving zombies to pid 1)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    yield
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+def reap_orphan(pid: int, timeout: float = 30.0) -> int | None:
+    """Wait until ``pid`` (re-parented to us) exits; its exit code, or None if it did not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not re-parented to us yet (its parent still exits)
+            done, status = 0, 0
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    return None
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
         return False
     return state != "Z"
-
-
-def wait_gone(pid: int, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not alive(pid)
 
 
 def spawn_via_intermediate(req, use_pam=False, pam_service="compute-agent"):
@@ -97,7 +118,12 @@ def intermediates():
         parent.wait(timeout=30)
 
 
-def test_killing_the_parent_kills_the_user_endpoint(intermediates, local_account, probe_dir):  # noqa: F811
+def test_killing_the_parent_kills_the_user_endpoint(
+    subreaper,
+    intermediates,
+    local_account,  # noqa: F811
+    probe_dir,  # noqa: F811
+):
     req = make_request(local_account, probe_dir)
     parent, pid, pgid = spawn_via_intermediate(req)
     intermediates.append(parent)
@@ -106,7 +132,7 @@ def test_killing_the_parent_kills_the_user_endpoint(intermediates, local_account
     assert alive(pid)
     parent.kill()
     parent.wait(timeout=30)
-    assert wait_gone(pid), "PDEATHSIG did not end the user endpoint"
+    assert reap_orphan(pid) == -signal.SIGTERM, "PDEATHSIG did not end the user endpoint"
 
 
 def test_signal_as_user_cannot_hit_another_users_group(started, local_account):  # noqa: F811

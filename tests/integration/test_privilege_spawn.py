@@ -67,6 +67,20 @@ def probe_dir():
     shutil.rmtree(path)
 
 
+def _useradd_with_fresh_uid(user: str, group: str) -> None:
+    """A random high uid: a recycled one could still own another suite's dying processes."""
+    for _ in range(20):
+        uid = str(20000 + secrets.randbelow(40000))
+        done = subprocess.run(
+            ["useradd", "-m", "-U", "-u", uid, "-G", group, "-s", "/bin/sh", user],
+            capture_output=True,
+            timeout=60,
+        )
+        if done.returncode == 0:
+            return
+    raise AssertionError(f"useradd {user} failed: {done.stderr!r}")
+
+
 @pytest.fixture(scope="module")
 def local_account():
     """A real local user with a home and one supplementary group; removed afterwards."""
@@ -74,7 +88,7 @@ def local_account():
     user, group = f"ca-pv-{suffix}", f"ca-pg-{suffix}"
     _run("groupadd", group)
     try:
-        _run("useradd", "-m", "-U", "-G", group, "-s", "/bin/sh", user)
+        _useradd_with_fresh_uid(user, group)
         try:
             entry = pwd.getpwnam(user)
             yield LocalAccount(

@@ -10,6 +10,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -18,7 +19,10 @@ import pytest
 
 from mep.privilege import LocalAccount
 from tests.conftest import REPO
-from tests.integration.test_privilege_parent_death import alive, wait_gone
+from tests.integration.test_privilege_parent_death import (  # noqa: F401 (fixture)
+    reap_orphan,
+    subreaper,
+)
 from tests.integration.test_privilege_spawn import (  # noqa: F401 (fixtures)
     local_account,
     make_request,
@@ -84,7 +88,12 @@ def run_manager_as(account, code_copy, req):
     )
 
 
-def test_an_unprivileged_manager_starts_its_own_endpoint(local_account, probe_dir, code_copy):  # noqa: F811
+def test_an_unprivileged_manager_starts_its_own_endpoint(
+    subreaper,  # noqa: F811
+    local_account,  # noqa: F811
+    probe_dir,  # noqa: F811
+    code_copy,
+):
     req = make_request(local_account, probe_dir)
     manager = run_manager_as(local_account, code_copy, req)
     try:
@@ -97,7 +106,7 @@ def test_an_unprivileged_manager_starts_its_own_endpoint(local_account, probe_di
     finally:
         manager.stdin.close()
         manager.wait(timeout=30)
-    assert wait_gone(pid), "the endpoint dies with its (unprivileged) manager"
+    assert reap_orphan(pid) == -signal.SIGTERM, "the endpoint dies with its manager"
 
 
 def test_an_unprivileged_manager_cannot_become_someone_else(local_account, probe_dir, code_copy):  # noqa: F811
@@ -109,4 +118,3 @@ def test_an_unprivileged_manager_cannot_become_someone_else(local_account, probe
     manager.wait(timeout=30)
     assert outcome == {"step": "setresgid"}
     assert not os.path.exists("/tmp/ca-pv-never")
-    assert not alive(manager.pid)
