@@ -14,10 +14,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pwd
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.fixtures_service import REPO, SDK_PORT, RunningService, private_vhost
+from tests.fixtures_service import PORT_LOCK, REPO, SDK_PORT, RunningService, private_vhost
 
 RESEARCHER_CODE = """
 import getpass, json, os, socket, sys
@@ -128,6 +130,28 @@ def manager(root: Path, service: RunningService, admin: dict):
         process.wait(60)
 
 
+@contextlib.contextmanager
+def port_5000():
+    """The SDK's ``local`` environment is fixed to localhost:5000: wait for it to be ours."""
+    with open(PORT_LOCK, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say("port 5000 is in use by a test run; waiting for it")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        deadline = time.monotonic() + 600
+        while _listening(SDK_PORT):
+            if time.monotonic() > deadline:
+                raise SystemExit("[demo] something else keeps listening on port 5000; stop it first")
+            time.sleep(1)
+        yield
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("[demo] run as root: it creates a local account and starts a root manager")
@@ -142,6 +166,8 @@ def main() -> None:
         )
         say(f"starting compute-service on {service.url}")
         service.start()
+        if service.process.poll() is not None:
+            raise SystemExit(f"[demo] compute-service exited:\n{service.log()}")
         try:
             admin = service.add_client("admin@site.org")
             researcher = service.add_client("researcher@uni.edu")

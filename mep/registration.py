@@ -178,7 +178,10 @@ def compute_client(service_url: str, auth_url: str, client_id: str, secret: str)
     import globus_sdk
 
     auth = globus_sdk.ConfidentialAppAuthClient(client_id, secret, base_url=auth_url)
-    authorizer = globus_sdk.ClientCredentialsAuthorizer(auth, COMPUTE_SCOPE)
+    try:
+        authorizer = globus_sdk.ClientCredentialsAuthorizer(auth, COMPUTE_SCOPE)
+    except Exception as e:
+        raise _http_failure(e) from None
     return globus_sdk.ComputeClientV3(base_url=service_url, authorizer=authorizer)
 
 
