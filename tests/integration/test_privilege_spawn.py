@@ -345,3 +345,24 @@ def test_signal_dispositions_and_mask_are_reset(started):
     assert status["Name"] == "sleep"
     assert int(status["SigIgn"], 16) == 0
     assert int(status["SigBlk"], 16) == 0
+
+
+@pytest.mark.parametrize(
+    ("step", "overrides"),
+    [
+        ("request", {"env": {"A=B": "x"}}),
+        ("request", {"env": {"A": "x\0y"}}),
+        ("request", {"extra_fds": (2,)}),
+        ("request", {"log_dir": "relative/dir"}),
+        ("request", {"log_name": "../escape.log"}),
+        ("request", {"argv": ()}),
+    ],
+)
+def test_malformed_requests_are_refused_before_forking(local_account, probe_dir, step, overrides):
+    _assert_fails_at(step, make_request(local_account, probe_dir, **overrides))
+
+
+def test_an_account_changed_since_lookup_is_refused(local_account, probe_dir):
+    stale = LocalAccount(**{**local_account.__dict__, "uid": local_account.uid + 1})
+    err = _assert_fails_at("account", make_request(stale, probe_dir))
+    assert "passwd now says" in err.admin_message
