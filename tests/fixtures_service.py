@@ -6,6 +6,7 @@
   for the session (the SDK's ``local`` environment is fixed to
   ``localhost:5000``). Port 5000 is shared by every concurrent test session on
   the machine, so it is guarded by an ``flock``.
+- ``api_service``: the same on a free port, for REST tests without the SDK.
 - ``start_service``: start more instances on free ports (persistence tests).
 - ``postgres_url``: a throwaway schema in the ``test`` database, or a skip
   naming why when no server answers on 127.0.0.1:5432.
@@ -194,6 +195,23 @@ def compute_service(tmp_path_factory, rabbit_vhost):
             yield svc
         finally:
             svc.stop()
+
+
+@pytest.fixture(scope="session")
+def api_service(tmp_path_factory, rabbit_vhost):
+    """The service on a free port, for REST tests that do not need the SDK's port."""
+    tmp = tmp_path_factory.mktemp("api-service")
+    svc = RunningService(
+        port=free_port(),
+        db_url=f"sqlite:///{tmp / 'service.db'}",
+        amqp_url=rabbit_vhost,
+        log_path=tmp / "service.log",
+    )
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
 
 
 @pytest.fixture

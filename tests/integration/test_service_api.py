@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.fixtures_service import compute_service, rabbit_vhost  # noqa: F401
+from tests.fixtures_service import api_service, rabbit_vhost  # noqa: F401
 from wire import amqp, messages, serializer
 from wire.queue_info import ReadQueueInfo, WriteQueueInfo
 
@@ -23,15 +23,15 @@ PAYLOAD = serializer.pack_buffers([serializer.serialize((1, 2)), serializer.seri
 
 
 @pytest.fixture(scope="module")
-def api(compute_service):  # noqa: F811
-    client = compute_service.add_client("dana@uni.edu", "dana@lab.org")
-    with compute_service.api(compute_service.token(client)) as api:
+def api(api_service):  # noqa: F811
+    client = api_service.add_client("dana@uni.edu", "dana@lab.org")
+    with api_service.api(api_service.token(client)) as api:
         api.identity_id = client["identity_id"]
         yield api
 
 
-def test_version_and_openapi_need_no_token(compute_service):  # noqa: F811
-    with compute_service.api(None) as anon:
+def test_version_and_openapi_need_no_token(api_service):  # noqa: F811
+    with api_service.api(None) as anon:
         version = anon.get("/v2/version", params={"service": "all"}).json()
         assert version["min_sdk_version"] and version["min_ep_version"]
         assert "/v3/endpoints/{endpoint_id}/submit" in anon.get("/openapi.json").json()["paths"]

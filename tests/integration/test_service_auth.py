@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.fixtures_service import compute_service, rabbit_vhost  # noqa: F401
+from tests.fixtures_service import api_service, rabbit_vhost  # noqa: F401
 from wire import serializer
 
 AUTH_SCOPE = "openid urn:globus:auth:scope:auth.globus.org:manage_projects"
@@ -27,12 +27,12 @@ def payload(*args) -> str:
 
 
 @pytest.fixture(scope="module")
-def people(compute_service):  # noqa: F811
-    alice = compute_service.add_client("alice-auth@uni.edu")
-    bob = compute_service.add_client("bob-auth@lab.org")
+def people(api_service):  # noqa: F811
+    alice = api_service.add_client("alice-auth@uni.edu")
+    bob = api_service.add_client("bob-auth@lab.org")
     return {
-        "alice": compute_service.api(compute_service.token(alice)),
-        "bob": compute_service.api(compute_service.token(bob)),
+        "alice": api_service.api(api_service.token(alice)),
+        "bob": api_service.api(api_service.token(bob)),
         "alice_client": alice,
     }
 
@@ -59,46 +59,46 @@ PROTECTED = [
 
 
 @pytest.mark.parametrize(("method", "path"), PROTECTED)
-def test_no_token_and_bad_token_are_401(compute_service, method, path):  # noqa: F811
-    with compute_service.api(None) as api:
+def test_no_token_and_bad_token_are_401(api_service, method, path):  # noqa: F811
+    with api_service.api(None) as api:
         body = assert_refused(api.request(method, path, json={}), 401)
         assert "bearer token" in body["reason"]
-    with compute_service.api("not-a-token") as api:
+    with api_service.api("not-a-token") as api:
         assert_refused(api.request(method, path, json={}), 401)
 
 
-def test_basic_auth_header_is_not_a_bearer_token(compute_service):  # noqa: F811
-    response = httpx.get(f"{compute_service.url}/v2/endpoints", auth=("user", "pw"))
+def test_basic_auth_header_is_not_a_bearer_token(api_service):  # noqa: F811
+    response = httpx.get(f"{api_service.url}/v2/endpoints", auth=("user", "pw"))
     assert_refused(response, 401)
 
 
-def test_expired_token_is_401(compute_service, people):  # noqa: F811
-    token = compute_service.token(people["alice_client"])
-    with compute_service.api(token) as api:
+def test_expired_token_is_401(api_service, people):  # noqa: F811
+    token = api_service.token(people["alice_client"])
+    with api_service.api(token) as api:
         assert api.get("/v2/endpoints").status_code == 200
         digest = hashlib.sha256(token.encode()).hexdigest()
-        db = compute_service.db_url.removeprefix("sqlite:///")
+        db = api_service.db_url.removeprefix("sqlite:///")
         with sqlite3.connect(db) as conn:
             conn.execute("UPDATE tokens SET expires_at = 0 WHERE token_hash = ?", (digest,))
         body = assert_refused(api.get("/v2/endpoints"), 401)
         assert "expired" in body["reason"]
 
 
-def test_auth_token_is_forbidden_on_compute_routes(compute_service, people):  # noqa: F811
+def test_auth_token_is_forbidden_on_compute_routes(api_service, people):  # noqa: F811
     response = httpx.post(
-        f"{compute_service.url}/v2/oauth2/token",
+        f"{api_service.url}/v2/oauth2/token",
         data={"grant_type": "client_credentials", "scope": AUTH_SCOPE},
         auth=(people["alice_client"]["client_id"], people["alice_client"]["client_secret"]),
     )
     doc = response.json()
     assert doc["resource_server"] == "auth.globus.org" and doc["other_tokens"] == []
-    with compute_service.api(doc["access_token"]) as api:
+    with api_service.api(doc["access_token"]) as api:
         assert_refused(api.get("/v2/endpoints"), 403)
         assert api.get("/v2/oauth2/userinfo").json()["sub"] == people["alice_client"]["identity_id"]
 
 
-def test_token_route_refusals(compute_service, people):  # noqa: F811
-    url = f"{compute_service.url}/v2/oauth2/token"
+def test_token_route_refusals(api_service, people):  # noqa: F811
+    url = f"{api_service.url}/v2/oauth2/token"
     client = people["alice_client"]
     grant = {"grant_type": "client_credentials", "scope": COMPUTE_SCOPE}
     wrong = httpx.post(url, data=grant, auth=(client["client_id"], "wrong-secret"))
@@ -120,7 +120,7 @@ def test_token_route_refusals(compute_service, people):  # noqa: F811
     assert [t["resource_server"] for t in doc["other_tokens"]] == ["auth.globus.org"]
 
 
-def test_other_peoples_things(compute_service, people):  # noqa: F811
+def test_other_peoples_things(api_service, people):  # noqa: F811
     alice, bob = people["alice"], people["bob"]
     private = alice.post("/v3/endpoints", json={"endpoint_name": "private"}).json()["endpoint_id"]
     public = alice.post("/v3/endpoints", json={"endpoint_name": "pub", "public": True}).json()
@@ -161,14 +161,14 @@ def test_other_peoples_things(compute_service, people):  # noqa: F811
     assert bob.get("/v2/endpoints", params={"role": "owner"}).json() == []
 
 
-def test_removed_client_loses_its_tokens(compute_service):  # noqa: F811
+def test_removed_client_loses_its_tokens(api_service):  # noqa: F811
     from tests.fixtures_service import service_cli
 
-    carol = compute_service.add_client("carol@uni.edu")
-    with compute_service.api(compute_service.token(carol)) as api:
+    carol = api_service.add_client("carol@uni.edu")
+    with api_service.api(api_service.token(carol)) as api:
         assert api.get("/v2/endpoints").status_code == 200
-        done = service_cli("client", "remove", carol["client_id"], "--db", compute_service.db_url)
+        done = service_cli("client", "remove", carol["client_id"], "--db", api_service.db_url)
         assert done.returncode == 0, done.stderr
         assert_refused(api.get("/v2/endpoints"), 401)
-    again = service_cli("client", "remove", carol["client_id"], "--db", compute_service.db_url)
+    again = service_cli("client", "remove", carol["client_id"], "--db", api_service.db_url)
     assert again.returncode == 1 and "no client" in again.stderr
