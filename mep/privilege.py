@@ -115,8 +115,11 @@ _USER_HINTS = {
 
 
 # Which PAM module or call failed is for the admin only, as upstream.
-_USER_STEPS = {"pam account": "account check", "pam session": "session setup"}
-_USER_STEPS["pam setcred"] = "session setup"
+_USER_STEPS = {
+    "pam account": "account check",
+    "pam session": "session setup",
+    "pam setcred": "session setup",
+}
 
 
 def _user_message(step: str) -> str:
@@ -500,17 +503,22 @@ def signal_as_user(account: LocalAccount, pgid: int, sig: int) -> None:
     """Send ``sig`` to process group ``pgid`` from a helper running as ``account``.
 
     Raises ProcessLookupError if the group is gone and PermissionError if it now
-    belongs to someone else (a recycled id): either way nobody else is hit.
+    belongs to someone else (a recycled id): either way nobody else is hit. An
+    unprivileged manager may only signal as itself.
     """
     if pgid <= 1 or account.uid == 0:
         raise ValueError(f"refusing to signal process group {pgid} as uid {account.uid}")
+    privileged = os.geteuid() == 0
+    if not privileged and account.uid != os.getuid():
+        raise PermissionError(errno.EPERM, f"uid {os.getuid()} cannot act as uid {account.uid}")
     pid = os.fork()
     if pid == 0:
         try:
             os.setsid()  # never a member of the group it signals
-            os.setresgid(account.gid, account.gid, account.gid)
-            os.setgroups([account.gid])
-            os.setresuid(account.uid, account.uid, account.uid)
+            if privileged:
+                os.setresgid(account.gid, account.gid, account.gid)
+                os.setgroups([account.gid])
+                os.setresuid(account.uid, account.uid, account.uid)
             os.killpg(pgid, sig)
             os._exit(0)
         except OSError as exc:

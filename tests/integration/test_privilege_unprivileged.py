@@ -38,8 +38,9 @@ pytestmark = [
 ]
 
 MANAGER = """\
-import json, os, sys
-from mep.privilege import LocalAccount, SpawnError, SpawnRequest, spawn_user_endpoint
+import json, os, signal, sys
+from mep.privilege import (LocalAccount, SpawnError, SpawnRequest, signal_as_user,
+                           spawn_user_endpoint)
 args = json.loads(sys.argv[1])
 request = SpawnRequest(LocalAccount(*args["account"]), tuple(args["argv"]), args["env"], b"",
                        args["log_dir"])
@@ -49,6 +50,10 @@ except SpawnError as e:
     print(json.dumps({"step": e.step}), flush=True)
     sys.exit(0)
 print(json.dumps({"pid": spawned.pid}), flush=True)
+if sys.stdin.readline().strip() == "stop":
+    signal_as_user(spawned.account, spawned.pgid, signal.SIGUSR1)
+    _, status = os.waitpid(spawned.pid, 0)
+    print(json.dumps({"exit": os.waitstatus_to_exitcode(status)}), flush=True)
 sys.stdin.read()
 """
 
@@ -107,6 +112,20 @@ def test_an_unprivileged_manager_starts_its_own_endpoint(
         manager.stdin.close()
         manager.wait(timeout=30)
     assert reap_orphan(pid) == -signal.SIGTERM, "the endpoint dies with its manager"
+
+
+def test_an_unprivileged_manager_signals_its_own_endpoint(local_account, probe_dir, code_copy):  # noqa: F811
+    req = make_request(local_account, probe_dir)
+    manager = run_manager_as(local_account, code_copy, req)
+    try:
+        json.loads(manager.stdout.readline())
+        wait_for_log(os.path.join(req.log_dir, req.log_name), "ready")
+        manager.stdin.write("stop\n")
+        manager.stdin.flush()
+        assert json.loads(manager.stdout.readline()) == {"exit": -signal.SIGUSR1}
+    finally:
+        manager.stdin.close()
+        manager.wait(timeout=30)
 
 
 def test_an_unprivileged_manager_cannot_become_someone_else(local_account, probe_dir, code_copy):  # noqa: F811
