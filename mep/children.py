@@ -17,7 +17,6 @@ Not thread-safe: call it from the manager's loop only.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -182,18 +181,19 @@ class ChildTable:
     @staticmethod
     def _signal(child: Child, sig: int) -> None:
         spawned = child.spawned
-        with contextlib.suppress(ProcessLookupError):
-            try:
-                signal_as_user(spawned.account, spawned.pgid, sig)
-            except OSError as e:
-                log.warning(
-                    "could not send %s to user endpoint %s (pgid %d) as uid %d: %s",
-                    _signal_name(sig),
-                    child.name,
-                    spawned.pgid,
-                    spawned.account.uid,
-                    e,
-                )
+        try:
+            signal_as_user(spawned.account, spawned.pgid, sig)
+        except ProcessLookupError:
+            pass  # the group is already empty
+        except OSError as e:
+            log.warning(
+                "could not send %s to user endpoint %s (pgid %d) as uid %d: %s",
+                _signal_name(sig),
+                child.name,
+                spawned.pgid,
+                spawned.account.uid,
+                e,
+            )
 
     # ---- restart policy ------------------------------------------------
     def after_exit(self, record: ExitRecord, has_pending_work: bool) -> Decision:

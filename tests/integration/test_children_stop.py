@@ -55,10 +55,11 @@ def my_zombies() -> list[int]:
     return zombies
 
 
-def test_stop_ends_a_cooperative_child_with_sigterm(table, local_account, probe_dir):  # noqa: F811
+def test_stop_ends_a_cooperative_child_with_sigterm(table, local_account, probe_dir, caplog):  # noqa: F811
     spawned, log = start(table, "ep", local_account, probe_dir)
     wait_for_log(log, "ready")
     assert table.stop("ep", grace_s=10.0)
+    assert not [r for r in caplog.records if r.name == "mep.children"], "no signal went astray"
     assert "ep" not in table and not alive(spawned.pid)
     [record] = table.reap()
     assert (record.name, record.pid, record.signal) == ("ep", spawned.pid, signal.SIGTERM)
