@@ -11,6 +11,7 @@ from __future__ import annotations
 import typer
 
 from identity.cli import register as register_identity
+from mep.diagnostic import register as register_diagnostic
 from mep.lifecycle import register as register_lifecycle
 from templates.cli import register as register_templates
 from uep.cli import register as register_uep
@@ -31,6 +32,7 @@ app = typer.Typer(
 
 register_identity(app)
 register_lifecycle(app)
+register_diagnostic(app)
 register_templates(app)
 register_uep(app)
 

@@ -331,6 +331,40 @@ def _delete_remote(directory: Path) -> None:
     client.delete_endpoint(endpoint_id)
 
 
+def enable_on_boot(
+    name: str = typer.Argument(..., help="The endpoint's name."),
+    config_dir: str = typer.Option(None, "--config-dir", help="Config root."),
+) -> None:
+    """Keep the endpoint running across reboots with systemd (compute-endpoint@NAME).
+
+    Runs systemctl when systemd is the init system, starting the unit now unless
+    the manager already runs outside systemd; otherwise prints the commands.
+    Client credentials belong in /etc/compute-agent/NAME.env.
+    """
+    from mep.boot import BootError
+    from mep.boot import enable_on_boot as enable
+    from mep.pidfile import running_pid
+
+    directory = _existing_dir(name, config_dir)
+    try:
+        typer.echo(enable(name, start_now=not running_pid(directory)))
+    except BootError as e:
+        _fail(1, str(e))
+
+
+def disable_on_boot(
+    name: str = typer.Argument(..., help="The endpoint's name."),
+) -> None:
+    """Stop starting the endpoint at boot (a running manager keeps running)."""
+    from mep.boot import BootError
+    from mep.boot import disable_on_boot as disable
+
+    try:
+        typer.echo(disable(name))
+    except BootError as e:
+        _fail(1, str(e))
+
+
 def register(app: typer.Typer) -> None:
     for command, command_name in (
         (start, "start"),
@@ -338,5 +372,7 @@ def register(app: typer.Typer) -> None:
         (restart, "restart"),
         (list_endpoints, "list"),
         (delete, "delete"),
+        (enable_on_boot, "enable-on-boot"),
+        (disable_on_boot, "disable-on-boot"),
     ):
         app.command(command_name, epilog=EXIT_CODES)(command)

@@ -315,6 +315,7 @@ class Manager:
             "user_endpoints": len(self.children.running_users()),
             "updated": time.time(),
             "heartbeat_period": self.rt.config.heartbeat_period,
+            "broker": redact(self.reg.command_queue.connection_url),
         }
         path = self.rt.endpoint_dir / STATUS_FILE
         tmp = path.with_suffix(".tmp")
