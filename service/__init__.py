@@ -26,6 +26,7 @@ Modules, outside in:
 
 Visibility: a caller sees only their own tasks and task groups, the
 functions they own or that are public, and the endpoints they own or that
-are public; only owners change or delete. Hidden objects answer 404, never
-403, so their existence does not leak.
+are public; only owners change or delete. Reading or using a hidden object
+answers 404 (its existence does not leak); changing a visible one, or
+registering an endpoint id someone else owns, answers 403.
 """
