@@ -60,6 +60,8 @@ class PamSession:
 
     def check_account(self) -> None:
         """pam_start, then the account policy (expired, locked, not allowed here...)."""
+        if self._handle:
+            raise PamError("this PAM transaction has already started")
         rc = self._lib.pam_start(
             self._service, self._user, ctypes.byref(self._conv), ctypes.byref(self._handle)
         )

@@ -18,6 +18,7 @@ import pytest
 
 from mep import privilege
 from mep.children import ChildTable
+from mep.pam import PamError, PamSession
 from mep.privilege import SpawnError, spawn_user_endpoint
 from tests.integration.test_privilege_parent_death import (
     alive,
@@ -166,3 +167,22 @@ def test_a_step_that_hangs_times_out_without_a_stray_process(
     assert time.monotonic() - began < 3
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
+
+
+@pytest.mark.parametrize(
+    ("service", "user"), [("", "someone"), ("login", ""), ("login", "x" * 513)]
+)
+def test_pam_session_refuses_nonsense_arguments(service, user):
+    with pytest.raises(PamError):
+        PamSession(service, user)
+
+
+def test_pam_transaction_starts_once(pam_service, local_account):  # noqa: F811
+    service, _ = pam_service()
+    pam = PamSession(service, local_account.name)
+    try:
+        pam.check_account()
+        with pytest.raises(PamError, match="already started"):
+            pam.check_account()
+    finally:
+        pam.close()
