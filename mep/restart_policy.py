@@ -9,7 +9,9 @@ only by deleting a PID file. Here a clean exit with pending work is restarted
 with exponential backoff when it keeps happening quickly, and an endpoint that
 failed ``max_failures`` times within ``window_s`` opens its circuit: no restart
 and no new start until ``cooldown_s`` has passed, with a message saying so to
-the user and to the admin.
+the user and to the admin. A failure is a non-zero exit or a signal, a failed
+spawn, or a quick clean exit while work was pending; a clean exit with nothing
+pending is an idle shutdown, however short the run, and never counts.
 """
 
 from __future__ import annotations
@@ -113,7 +115,8 @@ def after_exit(
     if history.open_until is not None:
         return _circuit_open(history, now, name, policy)
     healthy = facts.clean and facts.ran_s >= policy.healthy_run_s
-    if not healthy:
+    idled_out = facts.clean and not has_pending_work  # however short: the normal way to end
+    if not healthy and not idled_out:
         history = replace(history, failures=(*history.failures, now))
     if len(history.failures) >= policy.max_failures:
         history = replace(history, open_until=now + policy.cooldown_s)

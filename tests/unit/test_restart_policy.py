@@ -41,6 +41,16 @@ def test_clean_exit_without_work_stays_stopped_and_forgets_restarts():
     assert d.history == History()
 
 
+def test_a_short_idle_shutdown_is_not_a_failure():
+    history = History()
+    for now in range(10):
+        d = after_exit("ep", QUICK_CLEAN, False, history, float(now), POLICY)
+        assert d.verdict is Verdict.STAY_STOPPED
+        history = d.history
+    assert history == History()
+    assert before_start("ep", history, 10.0, POLICY) is None
+
+
 def test_a_crash_is_never_restarted_but_counts_as_a_failure():
     d = after_exit("ep", CRASH, True, History(), 100.0, POLICY)
     assert d.verdict is Verdict.STAY_STOPPED
