@@ -174,6 +174,9 @@ class Service:
             self.drain()
             if wanted <= set(self.results):
                 return {tid: self.results[tid][0] for tid in task_ids}
+            failed = [h.global_state["error"] for h in self.heartbeats if "error" in h.global_state]
+            if failed:
+                raise AssertionError(f"the endpoint reported a start-up failure: {failed[0]}")
             time.sleep(0.05)
         missing = wanted - set(self.results)
         raise AssertionError(f"{len(missing)} of {len(wanted)} results missing after {timeout}s")

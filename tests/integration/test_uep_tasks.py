@@ -193,3 +193,45 @@ def test_credentials_are_read_from_the_encrypted_memfd(service, launch):
         assert decode_result(service.wait_results([task_id])[task_id]) == 5
     finally:
         os.close(fd)
+
+
+def mpi_environment():
+    import os
+
+    return {k: v for k, v in os.environ.items() if k.startswith("PARSL_")}
+
+
+def test_globus_mpi_engine_runs_tasks_with_resource_specs(service, launch):
+    config = (
+        "engine:\n  type: GlobusMPIEngine\n  mpi_launcher: mpiexec\n"
+        "  max_workers_per_block: 1\n"
+        "  provider:\n    type: LocalProvider\n    init_blocks: 1\n    max_blocks: 1\n"
+        "    launcher: {type: SimpleLauncher}\n"
+        # A one-node "PBS allocation", so Parsl's MPI mode knows its nodes.
+        "    worker_init: hostname > $HOME/nodes; export PBS_NODEFILE=$HOME/nodes\n"
+    )
+    launch(config)
+    spec = '{"num_nodes": 1, "ranks_per_node": 2}'
+    ok = service.submit(mpi_environment, headers={"resource_specification": spec})
+    missing = service.submit(mpi_environment)
+    results = service.wait_results([ok, missing], timeout=90)
+    env = decode_result(results[ok])
+    assert env["PARSL_NUM_RANKS"] == "2"
+    assert env["PARSL_MPI_PREFIX"].startswith("mpiexec")
+    assert results[missing].error_details.code == "CouldNotExecuteUserTaskError"
+    assert "needs a resource_specification" in results[missing].data
+
+
+def test_engine_failure_stops_the_endpoint_and_answers_its_tasks(service, launch):
+    config = (
+        "engine:\n  type: GlobusComputeEngine\n  job_status_kwargs: {strategy_period: 1}\n"
+        "  provider:\n    type: LocalProvider\n    init_blocks: 1\n    max_blocks: 1\n"
+        "    worker_init: exit 3\n"
+    )
+    ep = launch(config)
+    task_id = service.submit(add, 1, 2)
+    result = service.wait_results([task_id], timeout=60)[task_id]
+    assert result.is_error
+    assert ep.wait(60) == 0
+    service.wait_heartbeat(lambda s: s.get("active") is False)
+    assert "engine failed" in ep.log_text()

@@ -83,15 +83,17 @@ class GlobusComputeEngine(Engine):
         for key in ("max_workers_per_node", "max_workers_per_block"):
             if isinstance(options.get(key), float) and options[key].is_integer():
                 options[key] = int(options[key])  # Parsl's type checks insist on int
-        return kind(
+        executor = kind(
             label=f"{self.label}-{kind.__name__}",
             provider=provider,
             encrypted=encrypted,
             launch_cmd=worker_launch_cmd(DEFAULT_LAUNCH_CMD),
-            interchange_launch_cmd=[sys.executable, "-m", INTERCHANGE],
             **extra,
             **options,
         )
+        # Set after construction: MPIExecutor's signature types this as a str.
+        executor.interchange_launch_cmd = [sys.executable, "-m", INTERCHANGE]
+        return executor
 
     @property
     def capacity(self) -> int:
