@@ -119,3 +119,18 @@ def test_idle_hard_limit_stops_an_endpoint_that_never_worked(service, launch):
     service.wait_heartbeat(lambda s: s.get("active") is False)
     # hard counts 1, 2, 3: past max(soft + 1, hard) = 2 at the third beat
     assert len(_active_beats(service)) == 3
+
+
+def test_endpoint_stops_when_its_parent_goes_away(service, launch):
+    import os
+
+    ep = launch(engine_yaml("ThreadPoolEngine"), _via_shell=True)
+    report = service.wait_heartbeat(lambda s: s.get("active") is True)
+    pid = report.global_state["posix_pid"]
+    assert pid != ep.proc.pid
+    os.kill(ep.proc.pid, signal.SIGKILL)
+    service.wait_heartbeat(lambda s: s.get("active") is False, timeout=30)
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{pid}")

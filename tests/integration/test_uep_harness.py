@@ -224,9 +224,12 @@ class Endpoint:
             "ep_info": {"posix_ppid": os.getpid()},
             **extra,
         }
+        command = [sys.executable, "-m", "mep.cli", "_start-user-endpoint", name]
+        if extra.pop("_via_shell", False):  # a parent that can die on its own
+            command = ["/bin/sh", "-c", '"$@"; exit 0', "sh", *command]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mep.cli", "_start-user-endpoint", name],
+                command,
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=log,
