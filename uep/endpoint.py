@@ -1,9 +1,8 @@
-"""The user endpoint's event loop: consume tasks, run them, publish results.
+"""The user endpoint: sessions one after another, an engine that outlives them.
 
-Everything touching AMQP or the store happens on one thread, inside pika's
-SelectConnection ioloop; engines report back through a thread-safe queue.
-Each connection is a *session* with its own pending deliveries and publish
-bookkeeping, so nothing stale (a delivery tag, a stop marker) crosses over.
+Everything touching AMQP or the store happens on one thread (the ioloop of the
+current :class:`~uep.session.Session`, or the wait between sessions); engines
+report back through a thread-safe queue.
 
 The delivery rules that make a task impossible to lose:
 
@@ -18,7 +17,6 @@ The delivery rules that make a task impossible to lose:
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import os
@@ -28,27 +26,20 @@ import signal
 import threading
 import time
 import typing as t
-import uuid
-
-import pika
-import pika.exceptions
 
 from uep.engines import Engine
 from uep.execution import error_result
 from uep.idle import IdleState, idle_tick
 from uep.intake import Verdict, judge
+from uep.session import SHUTTING_DOWN, Session
 from uep.store import Store
-from wire.amqp import connection_parameters, publish_kwargs, redact
-from wire.messages import EPStatusReport, Result, pack, unpack_as
 from wire.queue_info import AmqpCreds
 
 log = logging.getLogger(__name__)
 
 RESTARTED = "endpoint restarted; task state unknown"
-SHUTTING_DOWN = "endpoint stopped before the task finished; task state unknown"
 LOST_CODE = "UNKNOWN_TASK_FAILURE"
 MAX_FAILED_SESSIONS = 10
-CONFIRM_WAIT_S = 5.0
 
 
 class Settings(t.NamedTuple):
@@ -90,7 +81,7 @@ class UserEndpoint:
         self._results: queue.SimpleQueue = queue.SimpleQueue()
         self._wake_lock = threading.Lock()
         self._wake_pending = False
-        self._session: _Session | None = None
+        self._session: Session | None = None
         self._parent = os.getppid()
 
     # ---- called from any thread -------------------------------------------------
@@ -124,7 +115,7 @@ class UserEndpoint:
         self._recover_journal()
         failures = 0
         while self.stop_reason is None:
-            session = _Session(self)
+            session = Session(self)
             self._session = session
             opened = session.run()
             self._session = None
@@ -135,10 +126,10 @@ class UserEndpoint:
             if failures >= MAX_FAILED_SESSIONS:
                 log.error("giving up after %d failed connection attempts", failures)
                 self.stop_reason = "broker unreachable"
-                self._answer_unfinished(SHUTTING_DOWN)
+                self.answer_unfinished(SHUTTING_DOWN)
                 return 1
             self._wait_offline(min(10.0, 0.5 * 2**failures) * random.uniform(0.8, 1.2))
-        self._answer_unfinished(SHUTTING_DOWN)
+        self.answer_unfinished(SHUTTING_DOWN)
         return 0
 
     def _recover_journal(self) -> None:
@@ -210,7 +201,7 @@ class UserEndpoint:
             self._results.put(item)
             self.take_results()
 
-    def _answer_unfinished(self, why: str) -> None:
+    def answer_unfinished(self, why: str) -> None:
         self.take_results()
         unfinished = self.store.unfinished_tasks()
         if unfinished:
@@ -243,316 +234,6 @@ class UserEndpoint:
 
     def parent_gone(self) -> bool:
         return os.getppid() != self._parent
-
-
-class _Session:
-    """One AMQP connection: a consuming channel and a confirming publish channel."""
-
-    def __init__(self, endpoint: UserEndpoint) -> None:
-        self.ep = endpoint
-        self.opened = False
-        self.stopping = False
-        self.conn: pika.SelectConnection | None = None
-        self.consume_ch = None
-        self.publish_ch = None
-        self.consumer_tag: str | None = None
-        self.pending: collections.deque = collections.deque()
-        self.next_tag = 0
-        self.in_flight: dict[int, str | None] = {}
-        self.publishing: set[str] = set()
-        self.returned: set[str] = set()
-        self.resend_due = False
-        self.close_waiters: list[t.Callable[[], None]] = []
-
-    # -- plumbing
-
-    def call_threadsafe(self, fn: t.Callable[[], None]) -> None:
-        conn = self.conn
-        if conn is None:
-            return
-        try:
-            conn.ioloop.add_callback_threadsafe(fn)
-        except Exception:
-            log.debug("ioloop gone; dropped a wake-up", exc_info=True)
-
-    def run(self) -> bool:
-        creds = self.ep.credentials()
-        self.creds = creds
-        port = self.ep.settings.amqp_port
-        params = connection_parameters(
-            creds.task_queue_info.connection_url,
-            port=port,
-            client_name=f"uep {self.ep.endpoint_id}",
-        )
-        self.conn = pika.SelectConnection(
-            params,
-            on_open_callback=self._on_open,
-            on_open_error_callback=self._on_open_error,
-            on_close_callback=self._on_closed,
-        )
-        try:
-            self.conn.ioloop.start()
-        finally:
-            self.conn = None
-        return self.opened
-
-    def _on_open_error(self, _conn, error) -> None:
-        log.warning("cannot connect to the broker: %s", redact(str(error) or repr(error)))
-        self.conn.ioloop.stop()
-
-    def _on_closed(self, _conn, reason) -> None:
-        if not self.stopping:
-            log.warning("broker connection closed: %s", redact(str(reason)))
-        self.conn.ioloop.stop()
-
-    def _on_open(self, conn) -> None:
-        conn.channel(on_open_callback=self._on_publish_channel)
-
-    def _on_publish_channel(self, ch) -> None:
-        self.publish_ch = ch
-        ch.add_on_close_callback(self._on_channel_closed)
-        ch.add_on_return_callback(self._on_return)
-        ch.confirm_delivery(self._on_confirm, callback=lambda _f: self._publish_ready())
-
-    def _publish_ready(self) -> None:
-        self.conn.channel(on_open_callback=self._on_consume_channel)
-
-    def _on_consume_channel(self, ch) -> None:
-        self.consume_ch = ch
-        ch.add_on_close_callback(self._on_channel_closed)
-        ch.basic_qos(prefetch_count=self.ep.prefetch, callback=lambda _f: self._consume())
-
-    def _consume(self) -> None:
-        self.opened = True
-        self.consumer_tag = self.consume_ch.basic_consume(
-            self.creds.task_queue_info.queue, self._on_message, exclusive=True
-        )
-        log.info(
-            "session open; consuming %s (prefetch %d)",
-            self.creds.task_queue_info.queue,
-            self.ep.prefetch,
-        )
-        self._heartbeat()
-        self._resend_stored()
-        self._watch()
-        if self.ep.stop_reason is not None:
-            self.begin_stop()
-
-    def _on_channel_closed(self, ch, reason) -> None:
-        if self.stopping and self.conn.is_closing:
-            return
-        log.warning("channel closed: %s", redact(str(reason)))
-        if self.conn.is_open:
-            self.conn.close()
-
-    # -- consuming
-
-    def _on_message(self, ch, method, properties, body) -> None:
-        if self.stopping:
-            return
-        self.pending.append((method.delivery_tag, properties.headers or {}, body))
-        if len(self.pending) == 1:
-            self.conn.ioloop.call_later(0, self.pump)
-
-    def pump(self) -> None:
-        """Move pending deliveries into the journal and the engine, then ack them."""
-        if self.stopping or not self.pending:
-            return
-        ep = self.ep
-        room = ep.prefetch - ep.engine.outstanding
-        taken = []
-        while self.pending and len(taken) < room:
-            taken.append(self.pending.popleft())
-        if not taken:
-            return
-        to_run, answers, seen = [], [], set()
-        for _tag, headers, body in taken:
-            verdict = judge(headers, body, ep.settings.allowed_functions)
-            if verdict.action == "drop":
-                log.error("dropping an unattributable task message: %s", verdict.message)
-            elif verdict.task_id in seen or ep.store.known(verdict.task_id):
-                log.warning("task %s delivered again; already handled", verdict.task_id)
-            elif verdict.action == "reject":
-                log.warning("task %s rejected: %s", verdict.task_id, verdict.message)
-                answers.append(
-                    (
-                        verdict.task_id,
-                        error_result(
-                            verdict.task_id,
-                            verdict.message,
-                            verdict.code,
-                            verdict.message,
-                            ep.endpoint_id,
-                        ),
-                    )
-                )
-            else:
-                to_run.append((verdict, body, headers))
-            if verdict.task_id:
-                seen.add(verdict.task_id)
-        journal = [(v.task_id, b, json.dumps(_jsonable(h))) for v, b, h in to_run]
-        ep.store.accept(journal, answers)
-        self.consume_ch.basic_ack(taken[-1][0], multiple=True)
-        ep.received += len(to_run) + len(answers)
-        for verdict, body, _h in to_run:
-            refused = ep.submit(verdict, body)
-            if refused is not None:
-                answers.append((verdict.task_id, refused))
-                ep.store.add_results([(verdict.task_id, refused)])
-        for task_id, packed in answers:
-            self._publish_result(task_id, packed)
-        if self.pending:
-            self.conn.ioloop.call_later(0, self.pump)
-
-    # -- publishing
-
-    def collect_results(self) -> None:
-        for task_id, packed in self.ep.take_results():
-            self._publish_result(task_id, packed)
-        self.pump()
-        self._maybe_finish_stop()
-
-    def _publish(self, info, body: bytes, mark: str | None) -> bool:
-        ch = self.publish_ch
-        if ch is None or not ch.is_open:
-            return False
-        ch.basic_publish(body=body, **publish_kwargs(info))
-        self.next_tag += 1
-        self.in_flight[self.next_tag] = mark
-        return True
-
-    def _publish_result(self, task_id: str, packed: bytes) -> None:
-        if task_id in self.publishing:
-            return
-        if self._publish(self.creds.result_queue_info, packed, task_id):
-            self.publishing.add(task_id)
-
-    def _resend_stored(self) -> None:
-        self.resend_due = False
-        for task_id, packed in self.ep.store.pending_results():
-            self._publish_result(task_id, packed)
-
-    def _on_confirm(self, frame) -> None:
-        method = frame.method
-        tags = (
-            [tag for tag in self.in_flight if tag <= method.delivery_tag]
-            if method.multiple
-            else [method.delivery_tag]
-        )
-        acked = isinstance(method, pika.spec.Basic.Ack)
-        done = []
-        for tag in tags:
-            task_id = self.in_flight.pop(tag, None)
-            if task_id is None:
-                continue
-            self.publishing.discard(task_id)
-            if acked and task_id not in self.returned:
-                done.append(task_id)
-            else:
-                self.returned.discard(task_id)
-                self.resend_due = True
-        if done:
-            self.ep.store.confirmed(done)
-            self.ep.forwarded += len(done)
-        if not acked:
-            log.warning("broker refused %d publish(es); will retry", len(tags))
-        self._maybe_finish_stop()
-
-    def _on_return(self, _ch, method, _props, body) -> None:
-        try:
-            task_id = str(unpack_as(body, Result).task_id)
-        except Exception:
-            return
-        log.warning("result of task %s was unroutable (%s); will retry", task_id, method.reply_text)
-        self.returned.add(task_id)
-
-    # -- periodic work
-
-    def _heartbeat(self) -> None:
-        if self.stopping or not self.conn or not self.conn.is_open:
-            return
-        self._send_heartbeat(active=True)
-        reason = self.ep.idle_check()
-        if reason:
-            log.warning("idle %s limit reached; stopping", reason.upper())
-            self.ep.request_stop(f"idle ({reason} limit)")
-            return
-        self.conn.ioloop.call_later(self.ep.settings.heartbeat_period, self._heartbeat)
-
-    def _send_heartbeat(self, active: bool) -> None:
-        report = EPStatusReport(
-            endpoint_id=uuid.UUID(self.ep.endpoint_id),
-            global_state=self.ep.heartbeat_state(active),
-            task_statuses={},
-        )
-        self._publish(self.creds.heartbeat_queue_info, pack(report), None)
-
-    def _watch(self) -> None:
-        """Once a second: parent alive? engine healthy? anything to re-send?"""
-        if not self.conn or self.conn.is_closed:
-            return
-        if self.ep.parent_gone():
-            self.ep.note_stop("parent process gone")
-        failure = self.ep.engine.failure()
-        if failure is not None:
-            log.error("engine failed: %s", failure)
-            self.ep.note_stop(f"engine failed: {failure}")
-        if self.ep.stop_reason is not None and not self.stopping:
-            self.begin_stop()
-        if self.resend_due and not self.stopping:
-            self._resend_stored()
-        self.conn.ioloop.call_later(1.0, self._watch)
-
-    # -- stopping
-
-    def begin_stop(self) -> None:
-        """Stop consuming; let running tasks finish within the grace period."""
-        if self.stopping or not self.opened:
-            if not self.opened and self.conn is not None:
-                self.conn.ioloop.stop()
-            return
-        self.stopping = True
-        log.info("stopping: %s", self.ep.stop_reason)
-        self.pending.clear()
-        if self.consume_ch is not None and self.consume_ch.is_open and self.consumer_tag:
-            self.consume_ch.basic_cancel(self.consumer_tag)
-        self.grace_deadline = time.monotonic() + self.ep.settings.stop_grace_s
-        self.conn.ioloop.call_later(self.ep.settings.stop_grace_s, self._grace_over)
-        self._maybe_finish_stop()
-
-    def _grace_over(self) -> None:
-        self.ep._answer_unfinished(SHUTTING_DOWN)
-        self._resend_stored()
-        self._finish_stop()
-
-    def _maybe_finish_stop(self) -> None:
-        if (
-            self.stopping
-            and not getattr(self, "finishing", False)
-            and self.ep.engine.outstanding == 0
-        ):
-            self._finish_stop()
-
-    def _finish_stop(self) -> None:
-        if getattr(self, "finishing", False):
-            return
-        self.finishing = True
-        self._resend_stored()
-        self._send_heartbeat(active=False)
-        deadline = time.monotonic() + CONFIRM_WAIT_S
-
-        def close_when_confirmed() -> None:
-            if self.in_flight and time.monotonic() < deadline and self.publish_ch.is_open:
-                self.conn.ioloop.call_later(0.05, close_when_confirmed)
-                return
-            if self.conn.is_open:
-                self.conn.close()
-
-        close_when_confirmed()
-
-
-def _jsonable(headers: dict) -> dict:
-    return {k: v.decode() if isinstance(v, bytes) else v for k, v in headers.items()}
 
 
 def install_signal_handlers(endpoint: UserEndpoint) -> None:
