@@ -134,3 +134,26 @@ def test_endpoint_stops_when_its_parent_goes_away(service, launch):
     while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_a_task_delivered_twice_is_answered_once(service, launch):
+    from tests.integration.test_uep_harness import sdk_task
+
+    launch(engine_yaml("ThreadPoolEngine"))
+    task_id, body = sdk_task(nap, 0)
+    service.publish_task(task_id, body)
+    service.wait_results([task_id])
+    service.publish_task(task_id, body)
+    marker = service.submit(nap, 0)
+    answers = assert_answered_once(service, [task_id, marker], settle=1.0)
+    assert len(service.results[task_id]) == 1
+    assert not answers[task_id].is_error
+
+
+def test_second_endpoint_in_the_same_directory_refuses_to_start(service, launch):
+    launch(engine_yaml("ThreadPoolEngine"))
+    service.wait_heartbeat(lambda s: s.get("active") is True)
+    second = launch(engine_yaml("ThreadPoolEngine"))
+    report = service.wait_heartbeat(lambda s: "error" in s)
+    assert "already running" in report.global_state["error"]
+    assert second.wait(30) != 0
