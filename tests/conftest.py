@@ -38,3 +38,9 @@ def endpoint_cli():
 def service_cli():
     """Run ``compute-service ARGS...``; returns the CompletedProcess."""
     return lambda *args, **kw: _run("service.cli", args, **kw)
+
+
+# The compute-service fixtures (tests/fixtures_service.py), registered once for
+# the whole session: importing them into several modules would start one
+# session-scoped service per module.
+pytest_plugins = ["tests.fixtures_service"]

@@ -67,6 +67,17 @@ def failed_start_scenario(endpoint_id: str) -> dict:
             return {"error": f"{type(e).__name__}: {e}"}
 
 
+def official_scenario(endpoint_id: str) -> dict:
+    with Executor(endpoint_id=endpoint_id) as ex:
+        out = {"add": ex.submit(add, 2, b=40).result(timeout=90)}
+        try:
+            ex.submit(boom, "kaboom-official").result(timeout=60)
+        except Exception as e:
+            out["boom"] = f"{type(e).__name__}: {e}"
+    out["status"] = Client().get_endpoint_status(endpoint_id)["status"]
+    return out
+
+
 if __name__ == "__main__":
     scenario, endpoint = sys.argv[1], sys.argv[2]
     print(json.dumps(globals()[f"{scenario}_scenario"](endpoint)))

@@ -16,18 +16,17 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.wire_endpoint import WireEndpoint
-from tests.fixtures_service import compute_service, rabbit_vhost  # noqa: F401
 
 SCRIPT = Path(__file__).with_name("sdk_client.py")
 
 
 @pytest.fixture(scope="module")
-def alice(compute_service):  # noqa: F811
+def alice(compute_service):
     return compute_service.add_client("alice@uni.edu", "alice@lab.org")
 
 
 @pytest.fixture(scope="module")
-def endpoint(compute_service, alice):  # noqa: F811
+def endpoint(compute_service, alice):
     ep = WireEndpoint(compute_service.url, compute_service.token(alice))
     ep.register()
     ep.start()
@@ -57,7 +56,7 @@ def run_sdk(service, client: dict, scenario: str, endpoint_id: str, tmp_path) ->
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_executor_gets_results_and_remote_exceptions(compute_service, alice, endpoint, tmp_path):  # noqa: F811
+def test_executor_gets_results_and_remote_exceptions(compute_service, alice, endpoint, tmp_path):
     out = run_sdk(compute_service, alice, "executor", endpoint.endpoint_id, tmp_path)
     assert out["add"] == 42
     assert out["many"] == [0, 2, 4, 6, 8]
@@ -75,7 +74,7 @@ def test_executor_gets_results_and_remote_exceptions(compute_service, alice, end
 
 
 def test_client_get_task_batch_and_registered_functions(
-    compute_service,  # noqa: F811
+    compute_service,
     alice,
     endpoint,
     tmp_path,
@@ -90,7 +89,7 @@ def test_client_get_task_batch_and_registered_functions(
 
 
 def test_failed_user_endpoint_start_reaches_the_future(
-    compute_service,  # noqa: F811
+    compute_service,
     alice,
     endpoint,
     tmp_path,
@@ -101,7 +100,7 @@ def test_failed_user_endpoint_start_reaches_the_future(
 
 
 def test_same_person_and_config_reach_the_same_user_endpoint(
-    compute_service,  # noqa: F811
+    compute_service,
     alice,
     endpoint,
     tmp_path,

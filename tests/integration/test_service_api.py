@@ -9,7 +9,6 @@ import uuid
 
 import pytest
 
-from tests.fixtures_service import api_service, rabbit_vhost  # noqa: F401
 from wire import amqp, messages, serializer
 from wire.queue_info import ReadQueueInfo, WriteQueueInfo
 
@@ -23,14 +22,14 @@ PAYLOAD = serializer.pack_buffers([serializer.serialize((1, 2)), serializer.seri
 
 
 @pytest.fixture(scope="module")
-def api(api_service):  # noqa: F811
+def api(api_service):
     client = api_service.add_client("dana@uni.edu", "dana@lab.org")
     with api_service.api(api_service.token(client)) as api:
         api.identity_id = client["identity_id"]
         yield api
 
 
-def test_version_and_openapi_need_no_token(api_service):  # noqa: F811
+def test_version_and_openapi_need_no_token(api_service):
     with api_service.api(None) as anon:
         version = anon.get("/v2/version", params={"service": "all"}).json()
         assert version["min_sdk_version"] and version["min_ep_version"]
@@ -137,7 +136,7 @@ def test_allowed_functions_are_enforced(api):
     assert refused.status_code == 403 and "not allowed" in refused.json()["reason"]
 
 
-def test_submit_puts_command_tasks_and_sdk_queue_on_the_broker(api, rabbit_vhost):  # noqa: F811
+def test_submit_puts_command_tasks_and_sdk_queue_on_the_broker(api, rabbit_vhost):
     ep = api.post("/v3/endpoints", json={"endpoint_name": "wire"}).json()
     fid = api.post("/v3/functions", json={"function_name": "add", "function_code": CODE}).json()
     fid = fid["function_uuid"]

@@ -11,7 +11,6 @@ import uuid
 import httpx
 import pytest
 
-from tests.fixtures_service import api_service, rabbit_vhost  # noqa: F401
 from wire import serializer
 
 AUTH_SCOPE = "openid urn:globus:auth:scope:auth.globus.org:manage_projects"
@@ -27,7 +26,7 @@ def payload(*args) -> str:
 
 
 @pytest.fixture(scope="module")
-def people(api_service):  # noqa: F811
+def people(api_service):
     alice = api_service.add_client("alice-auth@uni.edu")
     bob = api_service.add_client("bob-auth@lab.org")
     return {
@@ -59,7 +58,7 @@ PROTECTED = [
 
 
 @pytest.mark.parametrize(("method", "path"), PROTECTED)
-def test_no_token_and_bad_token_are_401(api_service, method, path):  # noqa: F811
+def test_no_token_and_bad_token_are_401(api_service, method, path):
     with api_service.api(None) as api:
         body = assert_refused(api.request(method, path, json={}), 401)
         assert "bearer token" in body["reason"]
@@ -67,12 +66,12 @@ def test_no_token_and_bad_token_are_401(api_service, method, path):  # noqa: F81
         assert_refused(api.request(method, path, json={}), 401)
 
 
-def test_basic_auth_header_is_not_a_bearer_token(api_service):  # noqa: F811
+def test_basic_auth_header_is_not_a_bearer_token(api_service):
     response = httpx.get(f"{api_service.url}/v2/endpoints", auth=("user", "pw"))
     assert_refused(response, 401)
 
 
-def test_expired_token_is_401(api_service, people):  # noqa: F811
+def test_expired_token_is_401(api_service, people):
     token = api_service.token(people["alice_client"])
     with api_service.api(token) as api:
         assert api.get("/v2/endpoints").status_code == 200
@@ -84,7 +83,7 @@ def test_expired_token_is_401(api_service, people):  # noqa: F811
         assert "expired" in body["reason"]
 
 
-def test_auth_token_is_forbidden_on_compute_routes(api_service, people):  # noqa: F811
+def test_auth_token_is_forbidden_on_compute_routes(api_service, people):
     response = httpx.post(
         f"{api_service.url}/v2/oauth2/token",
         data={"grant_type": "client_credentials", "scope": AUTH_SCOPE},
@@ -97,7 +96,7 @@ def test_auth_token_is_forbidden_on_compute_routes(api_service, people):  # noqa
         assert api.get("/v2/oauth2/userinfo").json()["sub"] == people["alice_client"]["identity_id"]
 
 
-def test_token_route_refusals(api_service, people):  # noqa: F811
+def test_token_route_refusals(api_service, people):
     url = f"{api_service.url}/v2/oauth2/token"
     client = people["alice_client"]
     grant = {"grant_type": "client_credentials", "scope": COMPUTE_SCOPE}
@@ -120,7 +119,7 @@ def test_token_route_refusals(api_service, people):  # noqa: F811
     assert [t["resource_server"] for t in doc["other_tokens"]] == ["auth.globus.org"]
 
 
-def test_other_peoples_things(api_service, people):  # noqa: F811
+def test_other_peoples_things(api_service, people):
     alice, bob = people["alice"], people["bob"]
     private = alice.post("/v3/endpoints", json={"endpoint_name": "private"}).json()["endpoint_id"]
     public = alice.post("/v3/endpoints", json={"endpoint_name": "pub", "public": True}).json()
@@ -161,7 +160,7 @@ def test_other_peoples_things(api_service, people):  # noqa: F811
     assert bob.get("/v2/endpoints", params={"role": "owner"}).json() == []
 
 
-def test_removed_client_loses_its_tokens(api_service):  # noqa: F811
+def test_removed_client_loses_its_tokens(api_service):
     from tests.fixtures_service import service_cli
 
     carol = api_service.add_client("carol@uni.edu")

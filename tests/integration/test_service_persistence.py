@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from tests.fixtures_service import db_url, postgres_url, private_vhost, start_service  # noqa: F401
+from tests.fixtures_service import private_vhost
 from wire import amqp, messages, serializer
 from wire.queue_info import WriteQueueInfo
 
@@ -35,7 +35,7 @@ def publish(info: dict, message: messages.Message) -> None:
         connection.close()
 
 
-def test_restart_keeps_everything(start_service, db_url):  # noqa: F811
+def test_restart_keeps_everything(start_service, db_url):
     with private_vhost("persist") as amqp_url:
         svc = start_service(db_url, amqp_url)
         client = svc.add_client("erin@uni.edu")

@@ -8,12 +8,11 @@ import uuid
 import pytest
 
 from service import auth, forwarder, schema, store
-from tests.fixtures_service import db_url, postgres_url  # noqa: F401
 from wire import messages
 
 
 @pytest.fixture
-def sessions(db_url):  # noqa: F811
+def sessions(db_url):
     factory = store.open_database(db_url)
     yield factory
     store.dispose(factory)
