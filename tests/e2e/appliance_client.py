@@ -20,6 +20,7 @@ def whoami():
         "groups": sorted(os.getgroups()),
         "home": os.environ.get("HOME"),
         "secret_in_env": any("SECRET" in k for k in os.environ),
+        "env_keys": sorted(os.environ),
     }
 
 

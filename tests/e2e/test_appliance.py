@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the appliance test cr
 
 TEMPLATE = """\
 heartbeat_period: 5
-idle_heartbeats_soft: 6
+idle_heartbeats_soft: 2
 idle_heartbeats_hard: 60
 engine:
   type: ThreadPoolEngine
@@ -98,6 +98,7 @@ def manager(compute_service, local_users, tmp_path_factory):
             "mappings": [
                 {"source": "{username}", "match": "alice@uni\\.edu", "output": alice.pw_name},
                 {"source": "{username}", "match": "bob@lab\\.org", "output": bob.pw_name},
+                {"source": "{username}", "match": "(.*)@refuse\\.me", "output": "{0}"},
             ],
         }
     ]
@@ -124,7 +125,7 @@ def manager(compute_service, local_users, tmp_path_factory):
     log = open(root / "manager.out", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [*cli, "start", "ep", "--config-dir", str(root)],
-        env=_env(compute_service, admin),
+        env=dict(_env(compute_service, admin), CA_ROOT_ONLY_MARKER="root-secret"),
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
@@ -206,3 +207,180 @@ def test_bad_template_option_is_refused_with_the_schema_message(manager, tmp_pat
     assert "label" in out["error"] and "string" in out["error"]
     assert manager["process"].poll() is None
     time.sleep(0.1)
+
+
+def _uep_processes(manager_pid: int) -> dict[int, dict]:
+    """The manager's live children: pid -> /proc facts."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) != manager_pid:
+                continue
+            lines = (entry / "status").read_text().splitlines()
+            status = dict(line.split(":", 1) for line in lines if ":" in line)
+            found[int(entry.name)] = {
+                "state": fields[0],
+                "sid": int(fields[3]),
+                "uid": status["Uid"].split(),
+                "gid": status["Gid"].split(),
+                "groups": sorted(int(g) for g in status["Groups"].split()),
+                "cap_eff": status["CapEff"].strip(),
+                "fds": {fd.name: os.readlink(fd) for fd in (entry / "fd").iterdir()},
+                "cmdline": (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(),
+            }
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return found
+
+
+def test_user_endpoint_process_is_exactly_the_researcher(manager, tmp_path):
+    alice, _ = manager["users"]
+    out = _submit(manager, "alice", "run", tmp_path)
+    assert out["whoami"]["user"] == alice.pw_name
+    children = _uep_processes(manager["process"].pid)
+    mine = {pid: p for pid, p in children.items() if p["uid"][0] == str(alice.pw_uid)}
+    assert len(mine) == 1, mine
+    pid, proc = mine.popitem()
+    assert proc["uid"] == [str(alice.pw_uid)] * 4
+    assert proc["gid"] == [str(alice.pw_gid)] * 4
+    assert proc["groups"] == sorted(os.getgrouplist(alice.pw_name, alice.pw_gid))
+    assert proc["cap_eff"] == "0000000000000000"
+    assert proc["sid"] == pid
+    # setproctitle reuses the environ area, so read the environment from inside the
+    # task: a ThreadPoolEngine runs it in the user endpoint's own process.
+    env_keys = set(out["whoami"]["env_keys"])
+    assert "CA_ROOT_ONLY_MARKER" not in env_keys
+    assert not {k for k in env_keys if "SECRET" in k or k.startswith("GLOBUS_COMPUTE_CLIENT")}
+    assert out["whoami"]["home"] == alice.pw_dir
+    manager_files = {str(manager["dir"] / "endpoint.log"), str(manager["dir"] / "daemon.pid")}
+    assert not manager_files & set(proc["fds"].values()), proc["fds"]
+    assert "uep." in proc["cmdline"]  # the process title names the user endpoint
+
+
+def _command_channel(mgr):
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(mgr["service"].amqp_url))
+    channel = connection.channel()
+    notices = channel.queue_declare("", exclusive=True).method.queue
+    return connection, channel, notices
+
+
+def _creds(mgr, notices: str) -> dict:
+    url = mgr["service"].amqp_url
+    write = {
+        "connection_url": url,
+        "exchange": "",
+        "queue": notices,
+        "queue_publish_kwargs": {"exchange": "", "routing_key": notices},
+    }
+    return {
+        "endpoint_id": str(uuid.uuid4()),
+        "task_queue_info": {"connection_url": url, "exchange": "", "queue": "unused"},
+        "result_queue_info": write,
+        "heartbeat_queue_info": write,
+    }
+
+
+def _command(mgr, notices: str, username: str, command: str = "cmd_start_endpoint") -> dict:
+    identity_id = str(uuid.uuid4())
+    identity = {"id": identity_id, "sub": identity_id, "username": username, "status": "used"}
+    return {
+        "command": command,
+        "globus_username": username,
+        "globus_effective_identity": identity_id,
+        "globus_identity_set": [identity],
+        "kwargs": {
+            "name": f"uep.t.{uuid.uuid4().hex[:8]}",
+            "amqp_creds": _creds(mgr, notices),
+            "user_opts": {"label": "ok"},
+            "user_runtime": {},
+        },
+    }
+
+
+def _notice(channel, queue: str, timeout_s: float = 20) -> dict:
+    from wire.messages import unpack
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        method, _, body = channel.basic_get(queue, auto_ack=True)
+        if method:
+            return unpack(body).global_state
+        channel.connection.sleep(0.1)
+    pytest.fail("no failure notice arrived")
+
+
+@pytest.mark.parametrize(
+    ("username", "case", "expected"),
+    [
+        ("carol@nowhere.org", None, "failed to map to a local user"),
+        ("root@refuse.me", None, "privileged"),
+        ("daemon@refuse.me", None, "system account"),
+        ("no-such-account-x@refuse.me", None, "does not exist"),
+        ("alice@uni.edu", "bad option", "label"),
+        ("alice@uni.edu", "stale", "too old"),
+        ("alice@uni.edu", "unknown command", "Unknown or invalid command"),
+    ],
+)
+def test_bad_commands_are_refused_on_the_ueps_queue_and_nothing_forks(
+    manager, username, case, expected
+):
+    import pika
+
+    connection, channel, notices = _command_channel(manager)
+    try:
+        before = set(_uep_processes(manager["process"].pid))
+        command = "cmd_rm_rf" if case == "unknown command" else "cmd_start_endpoint"
+        body = _command(manager, notices, username, command)
+        if case == "bad option":
+            body["kwargs"]["user_opts"] = {"label": "NOT VALID!"}
+        timestamp = 1 if case == "stale" else int(time.time())
+        properties = pika.BasicProperties(content_type="application/json", timestamp=timestamp)
+        channel.basic_publish(
+            "", f"{manager['id']}.commands", json.dumps(body).encode(), properties
+        )
+        state = _notice(channel, notices)
+        assert expected.lower() in state["error"].lower(), state
+        assert state["heartbeat_period"] == 3
+        assert "no-such-account-x" not in state["error"]
+        assert "daemon" not in state["error"]
+        assert set(_uep_processes(manager["process"].pid)) <= before
+        assert manager["process"].poll() is None
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    "raw", [b"not json", b"[]", b'{"command": "cmd_start_endpoint"}', b"\xff\xfe", b"{" * 5000]
+)
+def test_garbage_bodies_leave_the_manager_serving(manager, raw):
+    import pika
+
+    connection, channel, _ = _command_channel(manager)
+    try:
+        json_props = pika.BasicProperties(
+            content_type="application/json", timestamp=int(time.time())
+        )
+        channel.basic_publish("", f"{manager['id']}.commands", raw, json_props)
+        text_props = pika.BasicProperties(content_type="text/plain")
+        channel.basic_publish("", f"{manager['id']}.commands", raw, text_props)
+    finally:
+        connection.close()
+    time.sleep(0.5)
+    assert manager["process"].poll() is None
+    assert "Traceback" not in (manager["dir"] / "endpoint.log").read_text(errors="replace")
+
+
+def test_idle_user_endpoints_stop_and_are_reaped(manager, tmp_path):
+    _submit(manager, "bob", "run", tmp_path)
+    deadline = time.monotonic() + 90
+    while _uep_processes(manager["process"].pid) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert _uep_processes(manager["process"].pid) == {}, (
+        "idle user endpoints not stopped and reaped"
+    )
+    assert "stopped normally" in (manager["dir"] / "endpoint.log").read_text(errors="replace")
