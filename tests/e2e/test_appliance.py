@@ -24,7 +24,6 @@ import pytest
 
 from tests.fixtures_service import REPO
 
-pytest_plugins = ["tests.fixtures_service"]
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the appliance test creates local users")
 
 TEMPLATE = """\

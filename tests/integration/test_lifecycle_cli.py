@@ -18,7 +18,6 @@ import pytest
 
 from tests.fixtures_service import private_vhost
 
-pytest_plugins = ["tests.fixtures_service"]
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a multi-user manager runs as root")
 
 
