@@ -326,6 +326,8 @@ class Session:
         if self.finishing:
             return
         self.finishing = True
+        for task_id, packed in self.ep.take_results():
+            self._publish_result(task_id, packed)
         self._resend_stored()
         self._send_heartbeat(active=False)
         deadline = time.monotonic() + CONFIRM_WAIT_S

@@ -118,9 +118,9 @@ class Engine(abc.ABC):
             self._outstanding += 1
 
         def finish(packed_result: bytes) -> None:
+            answer.set_result(packed_result)  # callbacks queue the result first...
             with self._lock:
-                self._outstanding -= 1
-            answer.set_result(packed_result)
+                self._outstanding -= 1  # ...so "0 outstanding" means all are queued
 
         def attempt() -> None:
             try:

@@ -134,7 +134,11 @@ class ProcessPoolEngine(Engine):
             else:
                 _relay(inner, answer)
 
-        self._current_pool().submit(call, packed_task).add_done_callback(in_main)
+        try:
+            inner = self._current_pool().submit(call, packed_task)
+        except BrokenProcessPool:  # broke since we looked: the next look rebuilds it
+            inner = self._current_pool().submit(call, packed_task)
+        inner.add_done_callback(in_main)
         return answer
 
     def status(self) -> dict:
