@@ -27,6 +27,7 @@ from wire.amqp import connect
 from wire.messages import EPStatusReport, Result, Task, pack, unpack
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.rabbitmq
 BROKER = "amqp://guest:guest@127.0.0.1:5672/{vhost}"
 
 
