@@ -89,6 +89,18 @@ class Publisher:
 
         self._run(declare)
 
+    def send_commands(self, endpoint_id: str, commands: list[bytes], properties: dict) -> None:
+        """Queue start commands for a (re)registering endpoint."""
+        queue = self.topo.command_queue(endpoint_id)
+
+        def send(ch: t.Any) -> None:
+            for command in commands:
+                ch.basic_publish(
+                    self.topo.commands_exchange, queue, command, pika.BasicProperties(**properties)
+                )
+
+        self._run(send)
+
     def submit(
         self,
         *,

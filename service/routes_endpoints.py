@@ -1,7 +1,10 @@
 """Endpoint registration, listing, status and deletion.
 
 Registration answers with the 4.19 core-endpoint shape (command queue and
-heartbeat queue info) and declares the endpoint's command queue. Re-registering
+heartbeat queue info) and declares the endpoint's command queue. Start
+commands expire (an endpoint refuses stale ones anyway), so a (re)registering
+endpoint is sent a fresh start command for every user endpoint that still has
+pending tasks: work submitted while it was down is not stranded. Re-registering
 under a known id keeps it; an id owned by someone else is refused. An endpoint
 is visible to its owner and, if public, to everyone; only the owner may change
 or delete it.
@@ -15,7 +18,7 @@ import uuid
 from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
-from service import auth, bodies, schema, store
+from service import auth, bodies, routing, schema, store
 from service.broker import BrokerUnavailable
 from service.context import CALLER, DB, SERVICE, Service
 from service.errors import ApiError
@@ -62,8 +65,13 @@ def _register(
     ep.high_assurance = body.high_assurance
     ep.metadata_ = body.metadata
     ep.allowed_functions = [str(f) for f in body.allowed_functions]
+    s.flush()
+    waiting = store.user_endpoints_with_pending_tasks(s, endpoint_id)
+    commands = [routing.start_command_for(svc.topology, uep) for uep in waiting]
     try:
         svc.publisher.declare_command_queue(endpoint_id)
+        if commands:
+            svc.publisher.send_commands(endpoint_id, commands, routing.command_properties())
     except BrokerUnavailable as e:
         raise ApiError(503, str(e)) from None
     return svc.topology.registration(endpoint_id)

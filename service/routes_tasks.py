@@ -10,7 +10,6 @@ marked failed with that reason and the submitter gets a 503.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -54,8 +53,9 @@ def _task_group(s: Session, who: auth.Caller, requested: uuid.UUID | None) -> sc
 
 
 def _user_endpoint(
-    s: Session, ep: schema.Endpoint, who: auth.Caller, user_opts: dict | None
+    s: Session, ep: schema.Endpoint, who: auth.Caller, body: bodies.Submission
 ) -> schema.UserEndpoint:
+    user_opts = body.user_endpoint_config
     uep_id = routing.user_endpoint_id(ep.id, who.identity_id, user_opts)
     uep = s.get(schema.UserEndpoint, uep_id)
     if uep is None:
@@ -67,6 +67,8 @@ def _user_endpoint(
             user_opts=user_opts or {},
         )
         s.add(uep)
+    uep.identity_set = list(who.identities)
+    uep.user_runtime = body.user_runtime or {}
     return uep
 
 
@@ -82,7 +84,7 @@ def _journal(
         for i, payload in enumerate(payloads):
             check_payload(str(fid), i, payload)
     group = _task_group(s, who, body.task_group_id)
-    uep = _user_endpoint(s, ep, who, body.user_endpoint_config)
+    uep = _user_endpoint(s, ep, who, body)
     s.flush()  # parents first: without relationships the unit of work does not order them
     ids: dict[str, list[str]] = {}
     messages = []
@@ -126,18 +128,11 @@ def submit(
 ) -> dict:
     with svc.sessions.begin() as s:
         tg_id, uep, ids, messages = _journal(s, str(endpoint_id), body, who)
-    command = routing.start_command(
-        identities=list(who.identities),
-        name=uep.name,
-        creds=svc.topology.amqp_creds(uep.id),
-        user_opts=body.user_endpoint_config,
-        user_runtime=body.user_runtime,
-    )
     try:
         svc.publisher.submit(
             endpoint_id=str(endpoint_id),
             user_endpoint_id=uep.id,
-            command=json.dumps(command).encode(),
+            command=routing.start_command_for(svc.topology, uep),
             command_properties=routing.command_properties(),
             task_group_id=tg_id if body.create_queue else None,
             tasks=messages,

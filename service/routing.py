@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import typing as t
 import uuid
 
 from wire import messages
@@ -162,6 +163,18 @@ def start_command(
             "user_runtime": user_runtime or {},
         },
     }
+
+
+def start_command_for(topo: Topology, uep: t.Any) -> bytes:
+    """The encoded start command for a stored user endpoint (fresh credentials)."""
+    body = start_command(
+        identities=uep.identity_set,
+        name=uep.name,
+        creds=topo.amqp_creds(uep.id),
+        user_opts=uep.user_opts,
+        user_runtime=uep.user_runtime,
+    )
+    return json.dumps(body).encode()
 
 
 def command_properties(now: float | None = None) -> dict:

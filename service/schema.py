@@ -78,7 +78,11 @@ class Endpoint(Base):
 
 
 class UserEndpoint(Base):
-    """One user endpoint: (endpoint, identity, user_endpoint_config) -> id and name."""
+    """One user endpoint: (endpoint, identity, user_endpoint_config) -> id and name.
+
+    The identity set and user runtime of the latest submit are kept so the
+    start command can be sent again when the endpoint comes back.
+    """
 
     __tablename__ = "user_endpoints"
     id: Mapped[str] = mapped_column(String(UUID_LEN), primary_key=True)
@@ -86,6 +90,8 @@ class UserEndpoint(Base):
     identity_id: Mapped[str] = mapped_column(String(UUID_LEN))
     name: Mapped[str] = mapped_column(String(128))
     user_opts: Mapped[dict] = mapped_column(JSON, default=dict)
+    identity_set: Mapped[list] = mapped_column(JSON, default=list)
+    user_runtime: Mapped[dict] = mapped_column(JSON, default=dict)
     last_heartbeat: Mapped[float | None] = mapped_column(Float)
     heartbeat_period: Mapped[float | None] = mapped_column(Float)
     last_state: Mapped[dict] = mapped_column(JSON, default=dict)

@@ -95,6 +95,14 @@ def pending_tasks_of_user_endpoint(s: Session, user_endpoint_id: str) -> list[sc
     return list(s.scalars(query))
 
 
+def user_endpoints_with_pending_tasks(s: Session, endpoint_id: str) -> list[schema.UserEndpoint]:
+    pending = select(schema.Task.user_endpoint_id).where(
+        schema.Task.endpoint_id == endpoint_id, schema.Task.status == PENDING
+    )
+    query = select(schema.UserEndpoint).where(schema.UserEndpoint.id.in_(pending))
+    return list(s.scalars(query))
+
+
 def finish_task(
     s: Session,
     task_id: str,
