@@ -27,6 +27,7 @@ import threading
 import time
 import typing as t
 
+from uep.audit import Audit
 from uep.engines import Engine
 from uep.execution import error_result
 from uep.idle import IdleState, idle_tick
@@ -65,6 +66,7 @@ class UserEndpoint:
         ep_info: dict,
         settings: Settings,
         set_title: t.Callable[[str], None] = lambda _: None,
+        audit_fd: int | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -83,6 +85,8 @@ class UserEndpoint:
         self._wake_pending = False
         self._session: Session | None = None
         self._parent = os.getppid()
+        self.audit = Audit(audit_fd, self.request_stop)
+        self._functions: dict[str, str | None] = {}
 
     # ---- called from any thread -------------------------------------------------
 
@@ -166,6 +170,7 @@ class UserEndpoint:
             return error_result(
                 verdict.task_id, text, "CouldNotExecuteUserTaskError", text, self.endpoint_id
             )
+        self._functions[verdict.task_id] = verdict.function_id
         future.add_done_callback(lambda f, tid=verdict.task_id: self._engine_done(tid, f))
         return None
 
@@ -179,8 +184,10 @@ class UserEndpoint:
                 task_id, packed = self._results.get_nowait()
             except queue.Empty:
                 break
+            function_id = self._functions.pop(task_id, None)
             if self.store.journaled(task_id):
                 batch.append((task_id, packed))
+                self.audit(function_id, task_id, "EXEC_END")
             else:
                 log.info("dropping late result of task %s (already answered)", task_id)
         if batch:

@@ -223,6 +223,7 @@ def _serve(name: str, payload: LaunchPayload, creds: AmqpCreds) -> int:
         ep_info=ep_info(payload, time.time()),
         settings=settings,
         set_title=set_title,
+        audit_fd=payload.audit_fd,
     )
     install_signal_handlers(endpoint)
     try:

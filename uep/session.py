@@ -168,6 +168,13 @@ class Session:
                 log.warning("task %s delivered again; already handled", verdict.task_id)
             elif verdict.action == "reject":
                 log.warning("task %s rejected: %s", verdict.task_id, verdict.message)
+                if verdict.code == "FUNCTION_NOT_ALLOWED":
+                    ep.audit(
+                        verdict.function_id,
+                        verdict.task_id,
+                        "FAILED",
+                        "Function not permitted on endpoint",
+                    )
                 answers.append(
                     (
                         verdict.task_id,
@@ -189,6 +196,7 @@ class Session:
         self.consume_ch.basic_ack(taken[-1][0], multiple=True)
         ep.received += len(to_run) + len(answers)
         for verdict, body, _h in to_run:
+            ep.audit(verdict.function_id, verdict.task_id, "RECEIVED")
             refused = ep.submit(verdict, body)
             if refused is not None:
                 answers.append((verdict.task_id, refused))

@@ -235,3 +235,32 @@ def test_engine_failure_stops_the_endpoint_and_answers_its_tasks(service, launch
     assert ep.wait(60) == 0
     service.wait_heartbeat(lambda s: s.get("active") is False)
     assert "engine failed" in ep.log_text()
+
+
+def test_audit_records_go_to_the_manager_pipe(service, launch):
+    import select
+
+    read_end, write_end = os.pipe2(os.O_DIRECT)
+    os.set_inheritable(write_end, True)
+    try:
+        launch(
+            engine_yaml("ThreadPoolEngine"),
+            audit_fd=write_end,
+            allowed_functions=[service.function_id],
+            _pass_fds=(write_end,),
+        )
+        ran = service.submit(add, 1, 2)
+        refused = service.submit(add, 1, 2, headers={"function_uuid": str(uuid.uuid4())})
+        service.wait_results([ran, refused])
+        records = []
+        while len(records) < 3 and select.select([read_end], [], [], 5)[0]:
+            records.append(os.read(read_end, 4096).decode())
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert f"fid={service.function_id} tid={ran} bid= RECEIVED" in records
+    assert f"fid={service.function_id} tid={ran} bid= EXEC_END" in records
+    assert any(
+        f"tid={refused}" in r and r.endswith("FAILED - Function not permitted on endpoint")
+        for r in records
+    )
