@@ -199,13 +199,19 @@ def compute_service(tmp_path_factory, rabbit_vhost):
 
 @pytest.fixture(scope="session")
 def api_service(tmp_path_factory, rabbit_vhost):
-    """The service on a free port, for REST tests that do not need the SDK's port."""
+    """The service on a free port, for REST tests that do not need the SDK's port.
+
+    It shares the session's vhost with ``compute_service`` under its own name
+    prefix: two services consuming one ``results`` queue would steal each
+    other's results.
+    """
     tmp = tmp_path_factory.mktemp("api-service")
     svc = RunningService(
         port=free_port(),
         db_url=f"sqlite:///{tmp / 'service.db'}",
         amqp_url=rabbit_vhost,
         log_path=tmp / "service.log",
+        extra_args=("--amqp-prefix", "api."),
     )
     svc.start()
     try:
