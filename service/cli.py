@@ -30,6 +30,25 @@ DbOption = typer.Option(DEFAULT_DB, "--db", envvar="COMPUTE_SERVICE_DB", help="D
 LinkedOption = typer.Option([], "--linked", help="Linked identities (repeatable).")
 
 
+def open_database(db: str):
+    """The session factory for ``db``, or a clear message and exit status 2."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from service import store
+
+    try:
+        return store.open_database(db)
+    except (SQLAlchemyError, ArgumentError, ImportError, ValueError) as e:
+        try:
+            shown = make_url(db).render_as_string(hide_password=True)
+        except ArgumentError:
+            shown = "(unparseable URL)"
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        typer.echo(f"cannot open the database {shown}: {reason}", err=True)
+        raise typer.Exit(2) from None
+
+
 @app.callback()
 def _root() -> None:
     """Keep the command group shape even while it has a single command."""
@@ -60,9 +79,19 @@ def start(
 
     import uvicorn
 
+    from service import store
     from service.app import create_app
     from service.context import Settings
     from wire.amqp import install_redaction
+    from wire.errors import QueueInfoError
+    from wire.queue_info import check_connection_url
+
+    try:
+        check_connection_url(amqp_url, "--amqp-url")
+    except QueueInfoError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    store.dispose(open_database(db))
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -85,7 +114,7 @@ def client_add(
     """Create a client; prints its id, secret (shown once) and identity id as JSON."""
     from service import auth, store
 
-    sessions = store.open_database(db)
+    sessions = open_database(db)
     with sessions.begin() as s:
         client, secret = auth.add_client(s, username, linked, email)
         doc = {
@@ -104,7 +133,7 @@ def client_list(db: str = DbOption) -> None:
 
     from service import auth, schema, store
 
-    sessions = store.open_database(db)
+    sessions = open_database(db)
     with sessions() as s:
         for client in s.scalars(select(schema.ApiClient).order_by(schema.ApiClient.created)):
             identities = [auth.identity_doc(i) for i in store.identity_set(s, client)]
@@ -117,7 +146,7 @@ def client_remove(client_id: str = typer.Argument(...), db: str = DbOption) -> N
     """Remove a client and revoke its tokens."""
     from service import schema, store
 
-    sessions = store.open_database(db)
+    sessions = open_database(db)
     with sessions.begin() as s:
         client = s.get(schema.ApiClient, client_id)
         if client is not None:
