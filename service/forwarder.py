@@ -88,7 +88,7 @@ def record_heartbeat(s: Session, raw: bytes, now: float) -> list[Forward]:
     if row is None:
         row = s.get(schema.UserEndpoint, endpoint_id)
     if row is None:
-        log.info("heartbeat from unknown endpoint %s ignored", endpoint_id)
+        log.debug("heartbeat from unknown endpoint %s ignored", endpoint_id)
         return []
     row.last_heartbeat = now
     period = state.get("heartbeat_period")
