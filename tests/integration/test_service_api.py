@@ -188,3 +188,10 @@ def test_submit_puts_command_tasks_and_sdk_queue_on_the_broker(api, rabbit_vhost
     group = api.get(f"/v2/taskgroup/{response['task_group_id']}").json()
     assert group["taskgroup_id"] == response["task_group_id"]
     assert [t["id"] for t in group["tasks"]] == task_ids
+
+
+def test_unknown_routes_and_methods_use_the_error_shape(api):
+    missing = api.get("/v2/no-such-route")
+    assert missing.status_code == 404 and missing.json()["code"] == "NOT_FOUND"
+    wrong = api.patch("/v2/version")
+    assert wrong.status_code == 405 and wrong.json()["http_status_code"] == 405
