@@ -121,7 +121,11 @@ class UserEndpoint:
         while self.stop_reason is None:
             session = Session(self)
             self._session = session
-            opened = session.run()
+            try:
+                opened = session.run()
+            except Exception:
+                log.exception("session failed; reconnecting")
+                opened = False
             self._session = None
             self._collect_offline()
             if self.stop_reason is not None:

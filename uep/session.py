@@ -80,9 +80,23 @@ class Session:
         )
         try:
             self.conn.ioloop.start()
+        except Exception:
+            self._abandon()
+            raise
         finally:
             self.conn = None
         return self.opened
+
+    def _abandon(self) -> None:
+        """After a crash in a callback: close the connection so the broker drops
+        our exclusive consumer and redelivers what we never acked."""
+        self.stopping = True
+        try:
+            if self.conn.is_open:
+                self.conn.close()
+                self.conn.ioloop.start()
+        except Exception:
+            log.debug("could not close the broken session cleanly", exc_info=True)
 
     def _on_open_error(self, _conn, error) -> None:
         log.warning("cannot connect to the broker: %s", redact(str(error) or repr(error)))

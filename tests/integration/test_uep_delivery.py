@@ -157,3 +157,57 @@ def test_second_endpoint_in_the_same_directory_refuses_to_start(service, launch)
     report = service.wait_heartbeat(lambda s: "error" in s)
     assert "already running" in report.global_state["error"]
     assert second.wait(30) != 0
+
+
+def test_a_crash_inside_a_session_reconnects_and_redelivers(service, tmp_path):
+    """In process: the store fails once while accepting; the task is redelivered."""
+    import threading
+
+    from uep.endpoint import Settings, UserEndpoint
+    from uep.engines.pools import ThreadPoolEngine
+    from uep.store import Store
+    from wire.queue_info import AmqpCreds
+
+    engine = ThreadPoolEngine(max_workers=2)
+    engine.start(service.endpoint_id, tmp_path)
+    creds = AmqpCreds.from_dict(service.amqp_creds())
+    failures, ready, holder = [], threading.Event(), {}
+
+    def serve():  # the store belongs to the thread that runs the endpoint
+        store = Store(tmp_path / "state.sqlite3")
+        real_accept = store.accept
+
+        def accept_failing_once(tasks, results):
+            if not failures:
+                failures.append(tasks)
+                raise OSError("disk hiccup")
+            return real_accept(tasks, results)
+
+        store.accept = accept_failing_once
+        holder["endpoint"] = UserEndpoint(
+            engine=engine,
+            store=store,
+            credentials=lambda: creds,
+            endpoint_id=service.endpoint_id,
+            ep_info={},
+            settings=Settings(30.0, 0, 5760, None, None, 5.0, False),
+        )
+        ready.set()
+        try:
+            holder["endpoint"].run()
+        finally:
+            store.close()
+
+    runner = threading.Thread(target=serve, daemon=True)
+    runner.start()
+    assert ready.wait(10)
+    try:
+        task_id = service.submit(nap, 0)
+        answers = assert_answered_once(service, [task_id], settle=0.5)
+        assert not answers[task_id].is_error
+        assert failures, "the injected failure never happened"
+    finally:
+        holder["endpoint"].request_stop("test over")
+        runner.join(30)
+        engine.shutdown()
+    assert not runner.is_alive()
