@@ -211,3 +211,23 @@ def test_a_crash_inside_a_session_reconnects_and_redelivers(service, tmp_path):
         runner.join(30)
         engine.shutdown()
     assert not runner.is_alive()
+
+
+def test_opted_in_retries_rerun_journaled_tasks_after_a_crash(service, launch):
+    config = (
+        "engine:\n  type: GlobusComputeEngine\n  max_workers_per_node: 2\n"
+        "  max_retries_on_system_failure: 1\n"
+        "  provider:\n    type: LocalProvider\n    init_blocks: 1\n    max_blocks: 1\n"
+    )
+    first = launch(config)
+    ids = [service.submit(nap, 0.3) for _ in range(20)]
+    deadline = time.monotonic() + 60
+    while len(service.results) < 4 and time.monotonic() < deadline:
+        service.drain()
+        time.sleep(0.05)
+    first.kill(signal.SIGKILL)
+    first.wait(10)
+    assert len(service.results) < len(ids)
+    launch(config)
+    answers = assert_answered_once(service, ids)
+    assert all(not a.is_error for a in answers.values())

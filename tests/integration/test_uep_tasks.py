@@ -163,13 +163,20 @@ def test_shell_function_runs(service, launch):
     assert "hello there" in result.stdout
 
 
-def test_startup_failure_is_reported_to_the_user(service, launch):
-    ep = launch("engine:\n  type: NoSuchEngine\n")
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        ("engine:\n  type: NoSuchEngine\n", "NoSuchEngine"),
+        ("engine:\n  type: ThreadPoolEngine\nendpoint_setup: exit 3\n", "exit status 3"),
+    ],
+)
+def test_startup_failure_is_reported_to_the_user(service, launch, config, words):
+    ep = launch(config)
     report = service.wait_heartbeat(lambda s: "error" in s)
     assert report.global_state["heartbeat_period"] == 3
-    assert "NoSuchEngine" in report.global_state["error"]
+    assert words in report.global_state["error"]
     assert ep.wait(30) != 0
-    assert "NoSuchEngine" in ep.log_text()
+    assert words in ep.log_text()
 
 
 def test_credentials_are_read_from_the_encrypted_memfd(service, launch):
