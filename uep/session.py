@@ -66,6 +66,9 @@ class Session:
     def run(self) -> bool:
         creds = self.ep.credentials()
         self.creds = creds
+        urls = {creds.result_queue_info.connection_url, creds.heartbeat_queue_info.connection_url}
+        if urls != {creds.task_queue_info.connection_url}:
+            log.warning("results and heartbeats go through the task queue's broker connection")
         port = self.ep.settings.amqp_port
         params = connection_parameters(
             creds.task_queue_info.connection_url,
