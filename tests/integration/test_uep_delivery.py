@@ -231,3 +231,23 @@ def test_opted_in_retries_rerun_journaled_tasks_after_a_crash(service, launch):
     launch(config)
     answers = assert_answered_once(service, ids)
     assert all(not a.is_error for a in answers.values())
+
+
+def test_killed_endpoint_leaves_no_pool_workers_behind(service, launch):
+    import os
+
+    ep = launch(engine_yaml("ProcessPoolEngine"))
+    task_id = service.submit(nap, 0)
+    service.wait_results([task_id])
+
+    def group() -> list[str]:
+        found = subprocess.run(["pgrep", "-g", str(ep.proc.pid)], capture_output=True, text=True)
+        return found.stdout.split()
+
+    assert len(group()) > 1, "expected pool workers next to the endpoint"
+    os.kill(ep.proc.pid, signal.SIGKILL)
+    ep.proc.wait(10)
+    deadline = time.monotonic() + 15
+    while group() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert group() == []

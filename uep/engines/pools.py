@@ -15,13 +15,12 @@ import functools
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from uep.engines.base import Engine
-
-_PRELOAD = ["uep.execution", "wire.messages", "wire.serializer", "dill"]
 
 
 def _cpu_count() -> int:
@@ -81,7 +80,7 @@ class ThreadPoolEngine(Engine):
 
 
 class ProcessPoolEngine(Engine):
-    """Child processes (forkserver: they never inherit the broker connection)."""
+    """Spawned child processes: they never inherit the broker connection."""
 
     type_name = "ProcessPoolEngine"
 
@@ -99,7 +98,7 @@ class ProcessPoolEngine(Engine):
         self._pool: ProcessPoolExecutor | None = None
         self._quarantine = _Quarantine(lambda: self._new_pool(1))
         self._pool_lock = threading.Lock()
-        self._context = multiprocessing.get_context("forkserver")
+        self._context = multiprocessing.get_context("spawn")
         self.rebuilds = 0
 
     @property
@@ -108,13 +107,17 @@ class ProcessPoolEngine(Engine):
 
     def _new_pool(self, workers: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            workers, mp_context=self._context, max_tasks_per_child=self.max_tasks_per_child
+            workers,
+            mp_context=self._context,
+            initializer=die_with_parent,
+            initargs=(os.getpid(),),
+            max_tasks_per_child=self.max_tasks_per_child,
         )
 
     def _start(self, endpoint_dir: Path) -> None:
-        self._context.set_forkserver_preload(_PRELOAD)
         self._pool = self._new_pool(self.max_workers)
-        self._pool.submit(os.getpid)  # start the forkserver while the broker connects
+        for _ in range(self.max_workers):  # start the workers while the broker connects
+            self._pool.submit(os.getpid)
 
     def _current_pool(self) -> ProcessPoolExecutor:
         """The main pool, rebuilt if a dead worker broke it."""
@@ -150,6 +153,18 @@ class ProcessPoolEngine(Engine):
                 for process in list((pool._processes or {}).values()):
                     process.terminate()
                 pool.shutdown(wait=False, cancel_futures=True)
+
+
+def die_with_parent(parent: int) -> None:
+    """Pool workers leave when the endpoint is gone, even if it was killed -9:
+    a killed endpoint must not leave idle workers behind."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _relay(inner: Future, answer: Future) -> None:
