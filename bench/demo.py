@@ -142,7 +142,9 @@ def port_5000():
         deadline = time.monotonic() + 600
         while _listening(SDK_PORT):
             if time.monotonic() > deadline:
-                raise SystemExit("[demo] something else keeps listening on port 5000; stop it first")
+                raise SystemExit(
+                    "[demo] something else keeps listening on port 5000; stop it first"
+                )
             time.sleep(1)
         yield
 

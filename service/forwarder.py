@@ -42,15 +42,19 @@ class Forward:
     high_assurance: bool = False
 
 
+def _read(raw: bytes, kind: type, queue: str) -> t.Any:
+    """The message, or None (logged) if it is malformed or not what ``queue`` carries."""
+    try:
+        return messages.unpack_as(raw, kind)
+    except WireError as e:
+        log.warning("dropping a message from the %s queue: %s", queue, e)
+        return None
+
+
 def record_result(s: Session, raw: bytes) -> list[Forward]:
     """Store a result message; returns what to forward (nothing if unknown or repeated)."""
-    try:
-        result = messages.unpack(raw)
-    except WireError as e:
-        log.warning("dropping malformed result message: %s", e)
-        return []
-    if not isinstance(result, messages.Result):
-        log.warning("dropping %s message found on the results queue", result.message_type)
+    result = _read(raw, messages.Result, "results")
+    if result is None:
         return []
     task_id = str(result.task_id)
     task = s.get(schema.Task, task_id)
@@ -74,13 +78,8 @@ def record_result(s: Session, raw: bytes) -> list[Forward]:
 
 def record_heartbeat(s: Session, raw: bytes, now: float) -> list[Forward]:
     """Update endpoint status; an error report fails the user endpoint's pending tasks."""
-    try:
-        report = messages.unpack(raw)
-    except WireError as e:
-        log.warning("dropping malformed heartbeat: %s", e)
-        return []
-    if not isinstance(report, messages.EPStatusReport):
-        log.warning("dropping %s message found on the heartbeats queue", report.message_type)
+    report = _read(raw, messages.EPStatusReport, "heartbeats")
+    if report is None:
         return []
     endpoint_id = str(report.endpoint_id)
     state = report.global_state
