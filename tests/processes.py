@@ -1,0 +1,27 @@
+"""What the test process's own children are doing, read from /proc.
+
+Checking "the failed child was reaped" with ``waitpid(-1, WNOHANG)`` would
+both reap someone else's zombie and trip over legitimate children such as the
+session's compute-service subprocess; reading /proc does neither.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def zombie_children(parent: int | None = None) -> list[int]:
+    """Pids of ``parent``'s (default: this process's) children that exited unreaped."""
+    parent = os.getpid() if parent is None else parent
+    zombies = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == parent and fields[0] == "Z":
+            zombies.append(int(entry.name))
+    return zombies
