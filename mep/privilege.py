@@ -404,7 +404,7 @@ def _reset_signals() -> None:
     Blocked and ignored signals survive exec, and the manager's Python SIGTERM
     handler (inherited by the fork) would swallow the parent-death signal.
     """
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
