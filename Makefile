@@ -12,8 +12,12 @@ VENV_ROOT ?= /var/tmp/compute-agent
 VENV ?= $(VENV_ROOT)/venv-$(shell printf '%s' "$(CURDIR)" | md5sum | cut -c1-10)
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# The official globus-compute-endpoint 4.19, in its own venv, for the test that
+# runs it against our service (tests/e2e/test_official_endpoint.py).
+OFFICIAL_VENV ?= $(VENV_ROOT)/official-endpoint-4.19
+OFFICIAL_ENDPOINT := $(OFFICIAL_VENV)/bin/globus-compute-endpoint
 
-.PHONY: all venv install services test lint demo rpm clean
+.PHONY: all venv install services official-endpoint test lint demo rpm clean
 
 all: test
 
@@ -35,6 +39,15 @@ install: venv
 	$(BIN)/pip install -q --no-deps --no-build-isolation --force-reinstall .
 	chmod -R a+rX "$(VENV)"
 
+$(OFFICIAL_ENDPOINT):
+	@packaging/dev/ensure-python-venv.sh "$(PYTHON)"
+	install -d -m 0755 "$(VENV_ROOT)"
+	[ -x "$(OFFICIAL_VENV)/bin/python" ] || $(PYTHON) -m venv "$(OFFICIAL_VENV)"
+	$(OFFICIAL_VENV)/bin/pip install -q "globus-compute-endpoint==4.19.*"
+	chmod -R a+rX "$(OFFICIAL_VENV)"
+
+official-endpoint: $(OFFICIAL_ENDPOINT)
+
 services:
 	@packaging/dev/ensure-rabbitmq.sh
 	@packaging/dev/ensure-postgres.sh
@@ -43,8 +56,8 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: install services lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: install services official-endpoint lint
+	COMPUTE_AGENT_OFFICIAL_ENDPOINT="$(OFFICIAL_ENDPOINT)" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install services
 	$(BIN)/python -m bench.demo

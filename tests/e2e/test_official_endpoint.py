@@ -1,9 +1,9 @@
 """The official globus-compute-endpoint 4.19 against our service, with the official SDK.
 
-The endpoint is not a dependency of this project: install it into its own
-virtual environment (``python3 -m venv /var/tmp/gce-419 &&
-/var/tmp/gce-419/bin/pip install 'globus-compute-endpoint==4.19.*'``) or point
-``COMPUTE_AGENT_OFFICIAL_ENDPOINT`` at its ``globus-compute-endpoint``. It runs
+The endpoint is not a dependency of this project: ``make test`` installs it
+into its own virtual environment (``make official-endpoint``) and points
+``COMPUTE_AGENT_OFFICIAL_ENDPOINT`` at its ``globus-compute-endpoint``; run
+alone, the test looks in /var/tmp/gce-419 and skips, saying so, if absent. It runs
 unprivileged, as a local user created here, so its core endpoint checks the
 start command's identity set against our ``userinfo`` and forks its user
 endpoint as that same user.
