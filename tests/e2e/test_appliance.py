@@ -10,6 +10,7 @@ SDK as readable errors while the manager keeps serving.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.accounts import admin_command
 from tests.fixtures_service import REPO
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the appliance test creates local users")
@@ -53,17 +55,17 @@ def local_users():
     """Two researchers' accounts (with a shared supplementary group), removed afterwards."""
     tag = uuid.uuid4().hex[:6]
     group, names = f"ca-e2e-{tag}", [f"ca-e2e-{tag}-a", f"ca-e2e-{tag}-b"]
-    assert _run("groupadd", group).returncode == 0
+    admin_command("groupadd", group)
     try:
         for name in names:
-            done = _run("useradd", "-m", "-G", group, "-s", "/bin/sh", name)
-            assert done.returncode == 0, done.stderr
+            admin_command("useradd", "-m", "-G", group, "-s", "/bin/sh", name)
         yield [pwd.getpwnam(n) for n in names], group
     finally:
         for name in names:
             _run("pkill", "-KILL", "-u", name)
-            _run("userdel", "-r", name)
-        _run("groupdel", group)
+            with contextlib.suppress(RuntimeError):  # it may never have been created
+                admin_command("userdel", "-r", name)
+        admin_command("groupdel", group)
 
 
 def _env(service, client: dict, user_dir: Path | None = None) -> dict:

@@ -6,29 +6,17 @@ import os
 import pwd
 import secrets
 import subprocess
-import time
 from types import SimpleNamespace
 
 import pytest
 
 from identity.policy import AccountPolicy, Allowed, Refused, check_account
+from tests.accounts import admin_command
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="creates local users: needs root"),
 ]
-
-
-def _admin_command(*argv: str) -> None:
-    """Run useradd/groupadd & co., retrying while another test run holds the passwd lock."""
-    for _ in range(20):
-        done = subprocess.run(argv, capture_output=True, text=True)
-        if done.returncode == 0:
-            return
-        if "lock" not in done.stderr:
-            break
-        time.sleep(0.5)
-    raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
 
 
 @pytest.fixture
@@ -41,13 +29,13 @@ def local_users():
         argv = ["useradd", "-M", "-d", "/nonexistent", "-s", "/usr/sbin/nologin"]
         argv += ["-r"] if system else []
         argv += ["-G", ",".join(groups_)] if groups_ else []
-        _admin_command(*argv, name)
+        admin_command(*argv, name)
         users.append(name)
         return pwd.getpwnam(name)
 
     def group() -> str:
         name = f"ca-idt-g{secrets.token_hex(4)}"
-        _admin_command("groupadd", name)
+        admin_command("groupadd", name)
         groups.append(name)
         return name
 

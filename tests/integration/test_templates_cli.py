@@ -11,11 +11,12 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.accounts import admin_command
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("wire", "identity", "templates", "mep", "uep", "service")
@@ -28,27 +29,15 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def _admin(*argv: str) -> None:
-    """useradd/userdel, retrying while a parallel test run holds the passwd lock."""
-    for _ in range(20):
-        done = subprocess.run(argv, capture_output=True, text=True)
-        if done.returncode == 0:
-            return
-        if "lock" not in done.stderr:
-            break
-        time.sleep(0.5)
-    raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
-
-
 @pytest.fixture
 def local_user():
     """A real local account with a home directory; deleted (with its home) afterwards."""
     name = f"ca-tpl-{secrets.token_hex(4)}"
-    _admin("useradd", "-m", "-s", "/bin/sh", "-c", "Template Test", name)
+    admin_command("useradd", "-m", "-s", "/bin/sh", "-c", "Template Test", name)
     try:
         yield pwd.getpwnam(name)
     finally:
-        _admin("userdel", "-r", name)
+        admin_command("userdel", "-r", name)
         with pytest.raises(KeyError):
             pwd.getpwnam(name)
 
