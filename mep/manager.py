@@ -3,7 +3,7 @@
 One thread does everything, in a loop that never blocks for long: consume start
 commands (acked at once, as upstream), decide, act (spawn, refresh credentials,
 or tell the submitter why not), reap children after SIGCHLD, restart those that
-exited cleanly while work was still arriving, publish heartbeats, copy audit
+exited cleanly while tasks still wait in their queue, publish heartbeats, copy audit
 records, and reload the identity mapping on SIGHUP. The pieces it acts through
 live elsewhere: :mod:`mep.privilege` for every identity-changing syscall,
 :mod:`mep.children` for the child table, :mod:`mep.notices` for rejections.
@@ -31,6 +31,7 @@ from mep.launch import CredentialChannel
 from mep.notices import send_failure_notice
 from mep.privilege import SpawnError, spawn_user_endpoint
 from mep.registration import Registration
+from mep.task_queue import waiting_tasks
 from wire.amqp import connection_parameters, publish_kwargs, redact
 from wire.messages import EPStatusReport, pack
 
@@ -210,15 +211,9 @@ class Manager:
             spawned = spawn_user_endpoint(request)
         except SpawnError as e:
             credentials.close()
-            log.error("could not start user endpoint %s: [%s] %s", name, e.step, e.admin_message)
+            self.children.after_start_failure(name)
             self._reject(
-                Rejection(
-                    f"spawn:{e.step}",
-                    e.user_message,
-                    e.admin_message,
-                    plan.command.amqp_creds.heartbeat_queue_info,
-                    plan.command.endpoint_id,
-                )
+                self._plan_rejection(plan, f"spawn:{e.step}", e.user_message, e.admin_message)
             )
             return
         finally:
@@ -248,6 +243,17 @@ class Manager:
             plan.command.username,
         )
 
+    @staticmethod
+    def _plan_rejection(plan: LaunchPlan, check: str, user: str, admin: str) -> Rejection:
+        """A refusal of a planned start, told to its submitter (admin text names the account)."""
+        return Rejection(
+            check,
+            user,
+            f"{admin} (user endpoint {plan.command.name}, local user {plan.account.name})",
+            plan.command.amqp_creds.heartbeat_queue_info,
+            plan.command.endpoint_id,
+        )
+
     # ---- children ------------------------------------------------------
     def _on_exit(self, exited: t.Any) -> None:
         started = self.started.pop(exited.name, None)
@@ -264,17 +270,32 @@ class Manager:
                     f"EXIT {exited.describe()}",
                 )
             )
-        recent = time.monotonic() - started.last_request_at
-        has_work = (
-            recent <= self.rt.config.mu_child_ep_grace_period_s
-            and started.last_request_at > started.started_at
+        has_work = exited.clean and self._has_waiting_work(started)
+        verdict = self.children.after_exit(exited, has_work)
+        if self._stop:
+            return
+        if verdict.restart:
+            log.info("restarting user endpoint %s in %.1f s", exited.name, verdict.delay_s)
+            self.pending_restarts[exited.name] = time.monotonic() + verdict.delay_s
+            self.restart_plans[exited.name] = started.plan
+        elif verdict.admin_message:
+            self._reject(
+                self._plan_rejection(
+                    started.plan, "circuit_open", verdict.user_message, verdict.admin_message
+                )
+            )
+
+    def _has_waiting_work(self, started: Started) -> bool:
+        """Tasks wait in its queue; if the broker cannot say, a recent start command counts."""
+        queue = started.plan.command.amqp_creds.task_queue_info
+        waiting = waiting_tasks(queue, self.rt.config.amqp_port)
+        if waiting is not None:
+            return waiting > 0
+        since_request = time.monotonic() - started.last_request_at
+        return (
+            started.last_request_at > started.started_at
+            and since_request <= self.rt.config.mu_child_ep_grace_period_s
         )
-        delay = self.rt.restart_delay(exited, has_work)
-        if delay is not None and not self._stop:
-            log.info("will restart user endpoint %s in %.1f s", exited.name, delay)
-            self.pending_restarts[exited.name] = time.monotonic() + delay
-            self.started[exited.name] = started  # keep the plan for the restart
-            started.credentials = CredentialChannel(exited.name, started.plan.command.amqp_creds)
 
     def _restart_due(self) -> None:
         now = time.monotonic()
@@ -293,7 +314,7 @@ class Manager:
             return
         state = {
             "heartbeat_period": 0 if final else period,
-            "user_endpoints": len(self.started),
+            "user_endpoints": len(self.children),
             "active": not final,
         }
         report = EPStatusReport(
@@ -312,7 +333,7 @@ class Manager:
             "endpoint_id": str(self.reg.endpoint_id),
             "pid": os.getpid(),
             "connected": connected,
-            "user_endpoints": len(self.children.running_users()),
+            "user_endpoints": len(self.children),
             "updated": time.time(),
             "heartbeat_period": self.rt.config.heartbeat_period,
             "broker": redact(self.reg.command_queue.connection_url),

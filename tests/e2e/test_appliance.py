@@ -376,12 +376,28 @@ def test_garbage_bodies_leave_the_manager_serving(manager, raw):
     assert "Traceback" not in (manager["dir"] / "endpoint.log").read_text(errors="replace")
 
 
+def _uep_logs(mgr) -> str:
+    """The user endpoints' own logs, for a failure message."""
+    logs = []
+    for account in mgr["users"]:
+        for path in Path(account.pw_dir, ".compute_agent").glob("*/endpoint.log"):
+            logs.append(f"\n--- {path} ---\n" + path.read_text(errors="replace")[-3000:])
+    return "".join(logs)
+
+
 def test_idle_user_endpoints_stop_and_are_reaped(manager, tmp_path):
     _submit(manager, "bob", "run", tmp_path)
     deadline = time.monotonic() + 90
     while _uep_processes(manager["process"].pid) and time.monotonic() < deadline:
         time.sleep(1)
     assert _uep_processes(manager["process"].pid) == {}, (
-        "idle user endpoints not stopped and reaped"
+        "idle user endpoints not stopped and reaped" + _uep_logs(manager)
     )
-    assert "stopped normally" in (manager["dir"] / "endpoint.log").read_text(errors="replace")
+    log = (manager["dir"] / "endpoint.log").read_text(errors="replace")
+    assert "stopped normally" in log
+    # Handling the exit must leave the manager serving: it reaps, decides, and goes on.
+    time.sleep(2)
+    assert manager["process"].poll() is None, log[-3000:]
+    assert "Traceback" not in log and "the manager failed" not in log
+    out = _submit(manager, "bob", "run", tmp_path / "again")
+    assert out["whoami"]["user"] == manager["users"][1].pw_name
