@@ -96,18 +96,19 @@ def _daemonize(directory: Path) -> None:
 
 def _register(name: str, directory: Path, config: t.Any, runtime: t.Any) -> t.Any:
     from mep import registration as r
+    from mep.runtime import read_optional
 
     creds = r.client_credentials(os.environ)
     service_url, auth_url = r.resolve_urls(config.service_url, config.auth_url, os.environ)
     if not runtime.multi_user:
         runtime.owner_identities = r.owner_identities(auth_url, *creds)
-    template = _read(config.user_config_template_path)
-    schema_text = _read(config.user_config_schema_path)
+    template = read_optional(config.user_config_template_path)
+    schema_text = read_optional(config.user_config_schema_path)
     body = r.registration_body(
         name,
         config,
         multi_user=runtime.multi_user,
-        config_text=_read(directory / "config.yaml") or "",
+        config_text=read_optional(directory / "config.yaml") or "",
         template_text=template,
         schema=json.loads(schema_text) if schema_text else None,
     )
@@ -116,13 +117,6 @@ def _register(name: str, directory: Path, config: t.Any, runtime: t.Any) -> t.An
     r.write_endpoint_id(directory, registration.endpoint_id)
     runtime.bind_endpoint(registration.endpoint_id)
     return registration
-
-
-def _read(path: Path | None) -> str | None:
-    try:
-        return path.read_text() if path else None
-    except FileNotFoundError:
-        return None
 
 
 def start(

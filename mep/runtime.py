@@ -58,7 +58,8 @@ def _own_account() -> Allowed:
     )
 
 
-def _read_text(path: Path | None) -> str | None:
+def read_optional(path: Path | None) -> str | None:
+    """A file's text, or None when no path is configured or the file is absent."""
     if path is None:
         return None
     try:
@@ -169,7 +170,7 @@ class Runtime:
                 check, user, admin, cmd.amqp_creds.heartbeat_queue_info, cmd.endpoint_id
             )
 
-        template = _read_text(self.config.user_config_template_path)
+        template = read_optional(self.config.user_config_template_path)
         if template is None:
             return refuse(
                 "render",
@@ -177,7 +178,7 @@ class Runtime:
                 f"template {self.config.user_config_template_path} is missing",
             )
         try:
-            schema_text = _read_text(self.config.user_config_schema_path)
+            schema_text = read_optional(self.config.user_config_schema_path)
             schema = json.loads(schema_text) if schema_text else None
         except ValueError as e:
             return refuse(
@@ -207,7 +208,7 @@ class Runtime:
     ) -> SpawnRequest:
         source = str(self.config.user_environment_path)
         user_env, warning = parse_user_environment(
-            _read_text(self.config.user_environment_path), source
+            read_optional(self.config.user_environment_path), source
         )
         if warning:
             log.warning("%s", warning)

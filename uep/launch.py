@@ -9,7 +9,6 @@ heartbeat queue, which the service turns into the text of their exception.
 from __future__ import annotations
 
 import datetime
-import fcntl
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+from mep.pidfile import AlreadyRunning, PidFile
 from uep.payload import LaunchPayload, PayloadError, credential_source, parse_payload
 from wire.amqp import install_redaction
 from wire.queue_info import AmqpCreds
@@ -84,18 +84,13 @@ def endpoint_dir(name: str, configured: str | None) -> Path:
     return Path.home() / ".compute_agent" / name
 
 
-def _lock(directory: Path):
+def _lock(directory: Path) -> PidFile:
     """Hold ``daemon.pid`` for the process lifetime: one endpoint per directory."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handle = open(directory / "daemon.pid", "a+")  # noqa: SIM115 - held until exit
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        return PidFile(directory / "daemon.pid")
+    except AlreadyRunning:
         raise StartupError(f"another user endpoint is already running in {directory}") from None
-    handle.truncate(0)
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
 
 
 def _run_setup(command: str | None) -> None:
@@ -233,4 +228,4 @@ def _serve(name: str, payload: LaunchPayload, creds: AmqpCreds) -> int:
     finally:
         _shutdown(engine)
         store.close()
-        lock.close()
+        lock.release()
