@@ -115,10 +115,8 @@ class Runtime:
         return cls(name, endpoint_dir, config, mapping=mapping)
 
     def restart_policy(self) -> t.Any:
-        """The config's ``restart`` section as the child table's policy (same field names)."""
-        from mep.restart_policy import RestartPolicy
-
-        return RestartPolicy(**dataclasses.asdict(self.config.restart))
+        """The config's ``restart`` section, read straight into the child table's policy type."""
+        return self.config.restart
 
     @property
     def multi_user(self) -> bool:

@@ -13,6 +13,7 @@ import logging
 import typing as t
 from pathlib import Path
 
+from mep.restart_policy import RestartPolicy
 from templates import fields as f
 from templates.errors import ConfigError
 from templates.located_yaml import load_located
@@ -34,24 +35,6 @@ class PamConfig:
 
     enable: bool = False
     service_name: str = "globus-compute-endpoint"
-
-
-@dataclasses.dataclass(frozen=True)
-class RestartPolicy:
-    """How a user endpoint that keeps failing is retried, then given up on.
-
-    Restarts back off from ``base_delay_s`` to ``max_delay_s``; a run of
-    ``healthy_run_s`` resets the backoff. After ``max_failures`` failures within
-    ``window_s`` the circuit opens for ``cooldown_s``, so a broken ``worker_init``
-    cannot flood the batch scheduler. Same names as :class:`mep.restart_policy.RestartPolicy`.
-    """
-
-    base_delay_s: float = 1.0
-    max_delay_s: float = 300.0
-    healthy_run_s: float = 60.0
-    max_failures: int = 5
-    window_s: float = 600.0
-    cooldown_s: float = 900.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +75,7 @@ class ManagerConfig:
     allow_system_accounts: tuple[str, ...] = ()
     allowed_groups: tuple[str, ...] = ()
     denied_users: tuple[str, ...] = ()
-    restart: RestartPolicy = RestartPolicy()
+    restart: RestartPolicy = dataclasses.field(default_factory=RestartPolicy)
     limits: Limits = Limits()
 
     def template_view(self) -> dict[str, t.Any]:

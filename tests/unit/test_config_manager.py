@@ -110,11 +110,14 @@ def test_account_policy_is_built_from_the_same_key_names(tmp_path):
     assert policy == AccountPolicy(500, ("a",), ("g",), ())
 
 
-def test_restart_policy_has_the_managers_field_names():
+def test_restart_section_is_read_into_the_managers_policy_type(tmp_path):
     from mep.restart_policy import RestartPolicy as ManagerRestartPolicy
 
-    ours = dataclasses.asdict(RestartPolicy())
-    assert ManagerRestartPolicy(**ours) == ManagerRestartPolicy()
+    path = tmp_path / "config.yaml"
+    path.write_text("restart:\n  max_failures: 2\n  cooldown_s: 60\n")
+    restart = load_manager_config(path).restart
+    assert type(restart) is ManagerRestartPolicy
+    assert restart == ManagerRestartPolicy(max_failures=2, cooldown_s=60)
 
 
 @pytest.mark.parametrize(
