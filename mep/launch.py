@@ -23,7 +23,6 @@ from wire.queue_info import AmqpCreds
 
 log = logging.getLogger(__name__)
 
-USER_DIR_NAME = ".compute_agent"
 EXECUTABLE = "compute-endpoint"
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -51,11 +50,6 @@ def parse_user_environment(text: str | None, source: str) -> tuple[dict[str, str
     if bad:
         return {}, f"ignoring {source}: invalid variable name(s) {bad!r}"
     return {k: "" if v is None else str(v) for k, v in data.items()}, None
-
-
-def user_dir(home: str) -> Path:
-    """Where a local account's user endpoints keep their state and logs."""
-    return Path(home) / USER_DIR_NAME
 
 
 def child_environment(plan: LaunchPlan, user_env: dict[str, str], bindir: str) -> dict[str, str]:

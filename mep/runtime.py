@@ -28,9 +28,9 @@ from mep.launch import (
     interpreter_bindir,
     parse_user_environment,
     stdin_payload,
-    user_dir,
 )
 from mep.privilege import LocalAccount, SpawnError, SpawnRequest
+from templates.endpoint_dir import user_endpoint_paths
 
 log = logging.getLogger(__name__)
 EX_CONFIG = 78
@@ -228,6 +228,10 @@ class Runtime:
             audit_fd=audit_fd,
         )
         account = plan.account
+        paths = plan.rendered.config.paths
+        _, log_file = user_endpoint_paths(
+            account.home, plan.command.name, paths.endpoint_dir, paths.endpoint_log
+        )
         return SpawnRequest(
             account=LocalAccount(
                 account.name, account.uid, account.gid, account.groups, account.home, account.shell
@@ -235,7 +239,8 @@ class Runtime:
             argv=(executable, "_start-user-endpoint", plan.command.name),
             env=env,
             stdin_payload=payload,
-            log_dir=str(user_dir(account.home) / plan.command.name),
+            log_dir=str(log_file.parent),
+            log_name=log_file.name,
             use_pam=self.config.pam.enable,
             pam_service=self.config.pam.service_name,
             extra_fds=tuple(fd for fd in (credentials.child_fd, audit_fd) if fd is not None),

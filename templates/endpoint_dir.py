@@ -59,6 +59,31 @@ def base_dir(environ: Mapping[str, str], euid: int, home: Path) -> Path:
     return ROOT_BASE_DIR if euid == 0 else home / USER_BASE_DIR_NAME
 
 
+def _under_home(path: str, home: Path) -> Path:
+    """A configured path with a leading ``~`` meaning the *user's* home (the manager is root)."""
+    if path == "~" or path.startswith("~/"):
+        return home / path[2:]
+    return Path(path)
+
+
+def user_endpoint_paths(
+    home: str | Path, name: str, endpoint_dir: str | None = None, endpoint_log: str | None = None
+) -> tuple[Path, Path]:
+    """(state directory, log file) of one user endpoint.
+
+    The template's 4.19 ``paths:`` (``endpoint_dir``, ``endpoint_log``) win;
+    otherwise ``~/.compute_agent/NAME`` and ``endpoint.log`` in it. The manager
+    (which opens the log) and the user endpoint (which keeps its state there)
+    both ask here, so they always agree.
+    """
+    home = Path(home)
+    directory = (
+        _under_home(endpoint_dir, home) if endpoint_dir else home / USER_BASE_DIR_NAME / name
+    )
+    log = _under_home(endpoint_log, home) if endpoint_log else directory / "endpoint.log"
+    return directory, log
+
+
 def endpoint_dir(name: str, config_dir: str | Path | None = None) -> Path:
     """The directory of endpoint ``name``; ``config_dir`` replaces the base directory."""
     if config_dir:

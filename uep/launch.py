@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 from mep.pidfile import AlreadyRunning, PidFile
+from templates.endpoint_dir import user_endpoint_paths
 from uep.payload import LaunchPayload, PayloadError, credential_source, parse_payload
 from wire.amqp import install_redaction
 from wire.queue_info import AmqpCreds
@@ -76,12 +77,6 @@ def report_startup_failure(creds: AmqpCreds, message: str, port: int | None = No
             conn.close()
     except Exception as e:
         log.error("could not report the start-up failure to the service: %s", e)
-
-
-def endpoint_dir(name: str, configured: str | None) -> Path:
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".compute_agent" / name
 
 
 def _lock(directory: Path) -> PidFile:
@@ -181,7 +176,7 @@ def _serve(name: str, payload: LaunchPayload, creds: AmqpCreds) -> int:
         port = config.amqp_port
         if config.debug:
             logging.getLogger().setLevel(logging.DEBUG)
-        directory = endpoint_dir(name, config.paths.endpoint_dir)
+        directory, _ = user_endpoint_paths(Path.home(), name, config.paths.endpoint_dir)
         lock = _lock(directory)
         _run_setup(config.endpoint_setup)
         store = Store(directory / "uep_state.sqlite3")

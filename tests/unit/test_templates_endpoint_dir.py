@@ -121,3 +121,19 @@ def test_generated_config_loads_as_a_manager_config(tmp_path):
 def test_refused_requests(request_, fragment):
     with pytest.raises(ConfigError, match=fragment):
         plan_endpoint_files(Path("/x"), request_)
+
+
+@pytest.mark.parametrize(
+    ("endpoint_dir", "endpoint_log", "expected"),
+    [
+        (None, None, ("/home/a/.compute_agent/uep.1", "/home/a/.compute_agent/uep.1/endpoint.log")),
+        ("~/scratch/uep", None, ("/home/a/scratch/uep", "/home/a/scratch/uep/endpoint.log")),
+        ("/lustre/a/uep", "~/logs/uep.log", ("/lustre/a/uep", "/home/a/logs/uep.log")),
+        ("~", None, ("/home/a", "/home/a/endpoint.log")),
+    ],
+)
+def test_user_endpoint_paths_expand_against_the_users_home(endpoint_dir, endpoint_log, expected):
+    from templates.endpoint_dir import user_endpoint_paths
+
+    directory, log = user_endpoint_paths("/home/a", "uep.1", endpoint_dir, endpoint_log)
+    assert (str(directory), str(log)) == expected
