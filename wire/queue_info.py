@@ -54,8 +54,37 @@ def _require_str(data: dict, key: str, path: str, *, default: str | None = None)
     return value
 
 
+# Query parameters a broker URL may carry, with the largest value each may take.
+# pika reads many more (ssl_options with certificate and key files, socket and
+# blocked-connection timeouts, retry counts); a URL that arrives in a message
+# must not be able to change where TLS material comes from or how long a
+# connection may hang, so everything else is refused.
+ALLOWED_QUERY = {"heartbeat": 3600, "channel_max": 65535, "frame_max": 1048576}
+DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
+
+
+def _check_query(query: str, path: str) -> None:
+    try:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise QueueInfoError(f"{path}: the URL's query string is malformed") from None
+    for key, value in pairs:
+        if key not in ALLOWED_QUERY:
+            raise QueueInfoError(
+                f"{path}: URL parameter {key!r} is not allowed"
+                f" (allowed: {', '.join(sorted(ALLOWED_QUERY))})"
+            )
+        if not value.isdigit() or int(value) > ALLOWED_QUERY[key]:
+            raise QueueInfoError(
+                f"{path}: URL parameter {key!r} must be a whole number up to {ALLOWED_QUERY[key]}"
+            )
+
+
 def check_connection_url(url: str, path: str) -> str:
-    """An ``amqp://`` or ``amqps://`` URL with a host (message never shows the password)."""
+    """An ``amqp://`` or ``amqps://`` URL with a host and only harmless query parameters.
+
+    The message never shows the password.
+    """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
         raise QueueInfoError(f"{path}: expected an amqp:// or amqps:// URL with a host name")
@@ -63,7 +92,28 @@ def check_connection_url(url: str, path: str) -> str:
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError:
         raise QueueInfoError(f"{path}: the URL's port is not a number in 0-65535") from None
+    _check_query(parts.query, path)
     return url
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerAddress:
+    """Where a broker URL leads: everything but the credentials."""
+
+    scheme: str
+    host: str
+    port: int
+    vhost: str
+
+    @classmethod
+    def of(cls, url: str) -> BrokerAddress:
+        parts = urllib.parse.urlsplit(url)
+        vhost = urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme, 0)
+        return cls(parts.scheme, (parts.hostname or "").lower(), port, vhost)
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}/{urllib.parse.quote(self.vhost, safe='')}"
 
 
 def rewrite_port(url: str, port: int | None) -> str:

@@ -8,7 +8,7 @@ import pytest
 
 from wire.amqp import RedactingFilter, connection_parameters, publish_kwargs, redact
 from wire.errors import QueueInfoError
-from wire.queue_info import AmqpCreds, ReadQueueInfo, WriteQueueInfo, rewrite_port
+from wire.queue_info import AmqpCreds, BrokerAddress, ReadQueueInfo, WriteQueueInfo, rewrite_port
 
 URL = "amqp://svc:s3cret@broker.example.org:5672/vhost"
 
@@ -145,3 +145,43 @@ def test_publish_kwargs_build_real_properties():
     assert kwargs["routing_key"] == "x.results" and kwargs["mandatory"] is True
     assert kwargs["properties"].delivery_mode == 2
     assert kwargs["properties"].content_type == "application/json"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        URL + "?heartbeat=30",
+        URL + "?heartbeat=0&channel_max=10",
+        URL,
+    ],
+)
+def test_harmless_url_parameters_pass(url):
+    assert ReadQueueInfo.from_dict({"connection_url": url, "queue": "q"}).connection_url == url
+
+
+@pytest.mark.parametrize(
+    ("query", "fragment"),
+    [
+        ("ssl_options=%7B%7D", "'ssl_options' is not allowed"),
+        ("blocked_connection_timeout=1e9", "'blocked_connection_timeout' is not allowed"),
+        ("connection_attempts=1000000", "not allowed"),
+        ("retry_delay=3600", "not allowed"),
+        ("heartbeat=-1", "whole number"),
+        ("heartbeat=3601", "up to 3600"),
+        ("frame_max=99999999", "up to"),
+        ("heartbeat", "malformed"),
+        ("&&", "malformed"),
+    ],
+)
+def test_url_parameters_that_change_tls_or_timeouts_are_refused(query, fragment):
+    with pytest.raises(QueueInfoError, match=fragment) as caught:
+        ReadQueueInfo.from_dict({"connection_url": f"{URL}?{query}", "queue": "q"})
+    assert "s3cret" not in str(caught.value)
+
+
+def test_broker_address_ignores_credentials_and_defaults_the_port():
+    a = BrokerAddress.of("amqp://a:b@Broker.Example.org/vh%2Fx")
+    assert a == BrokerAddress.of("amqp://c:d@broker.example.org:5672/vh%2Fx")
+    assert a.vhost == "vh/x" and a.port == 5672
+    assert BrokerAddress.of("amqps://h").port == 5671 and BrokerAddress.of("amqps://h").vhost == "/"
+    assert a != BrokerAddress.of("amqps://a:b@broker.example.org:5672/vh%2Fx")
