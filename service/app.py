@@ -1,9 +1,10 @@
 """The FastAPI application: routes, error shape, and the parts' lifetimes.
 
 On start-up the database is opened (tables created), the AMQP topology is
-declared and the result/heartbeat forwarder thread starts; on shutdown they
-stop in reverse. The broker being down at start-up is not fatal: the
-forwarder keeps retrying and submissions answer 503 until it is back.
+declared, and the result/heartbeat forwarder and the broker-account sweeper
+threads start; on shutdown they stop in reverse. The broker being down at
+start-up is not fatal: the forwarder keeps retrying and submissions answer 503
+until it is back.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from importlib.metadata import version as dist_version
 from fastapi import FastAPI
 
 from service import errors, routes_auth, routes_endpoints, routes_functions, routes_tasks, store
+from service.account_sweeper import AccountSweeper
 from service.broker import BrokerUnavailable, Publisher
+from service.broker_admin import BrokerAdmin
+from service.broker_provisioning import Provisioner, load_key
 from service.context import Service, Settings
 from service.forwarder import Forwarder
 from service.routing import Topology
@@ -47,11 +51,14 @@ def version_doc() -> dict:
 
 def build_service(settings: Settings) -> Service:
     topology = Topology(settings.amqp_url, settings.amqp_prefix)
+    sessions = store.open_database(settings.db_url)
+    admin = BrokerAdmin.for_url(settings.amqp_url, settings.broker_api_url)
     return Service(
         settings=settings,
-        sessions=store.open_database(settings.db_url),
+        sessions=sessions,
         topology=topology,
         publisher=Publisher(topology),
+        provisioner=Provisioner(topology, admin, load_key(sessions)),
     )
 
 
@@ -62,6 +69,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(_app: FastAPI) -> t.AsyncIterator[None]:
         forwarder = Forwarder(svc.topology, svc.sessions)
         forwarder.start()
+        sweeper = AccountSweeper(svc.provisioner, svc.sessions)
+        sweeper.start()
         try:
             svc.publisher.ensure_topology()
         except BrokerUnavailable as e:
@@ -69,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            sweeper.stop()
             forwarder.stop()
             svc.publisher.close()
             store.dispose(svc.sessions)

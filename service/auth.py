@@ -173,6 +173,7 @@ def issue_tokens(s: Session, client: schema.ApiClient, scope: str, ttl_s: int) -
                 client_id=client.client_id,
                 resource_server=server,
                 scope=joined,
+                issued_at=now,
                 expires_at=now + ttl_s,
             )
         )
@@ -187,6 +188,7 @@ class Caller:
     client_id: str
     identities: tuple[dict, ...]
     resource_server: str
+    issued_at: float = 0.0
 
     @property
     def identity_id(self) -> str:
@@ -207,7 +209,7 @@ def caller_for_token(s: Session, token: str, now: float | None = None) -> Caller
     if client is None:
         raise AuthError(401, "the access token's client was removed")
     identities = tuple(identity_doc(i) for i in store.identity_set(s, client))
-    return Caller(client.client_id, identities, row.resource_server)
+    return Caller(client.client_id, identities, row.resource_server, row.issued_at or 0.0)
 
 
 def _is_uuid(value: str) -> bool:

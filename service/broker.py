@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import typing as t
 
 import pika
@@ -108,7 +109,7 @@ class Publisher:
         user_endpoint_id: str,
         command: bytes,
         command_properties: dict,
-        task_group_id: str | None,
+        sdk_queue: str | None,
         tasks: list[tuple[bytes, dict]],
     ) -> None:
         """Declare the queues a submission needs, then send the start command and tasks."""
@@ -118,11 +119,9 @@ class Publisher:
         def send(ch: t.Any) -> None:
             ch.queue_declare(task_queue, durable=True)
             ch.queue_bind(task_queue, self.topo.tasks_exchange, routing_key=task_queue)
-            if task_group_id:
+            if sdk_queue:
                 ch.queue_declare(
-                    self.topo.sdk_queue(task_group_id),
-                    durable=True,
-                    arguments={"x-expires": SDK_QUEUE_EXPIRES_MS},
+                    sdk_queue, durable=True, arguments={"x-expires": SDK_QUEUE_EXPIRES_MS}
                 )
             ch.queue_declare(command_queue, durable=True)
             ch.queue_bind(command_queue, self.topo.commands_exchange, routing_key=command_queue)
@@ -138,6 +137,26 @@ class Publisher:
                 )
 
         self._run(send)
+
+    def send_results(self, results: list[tuple[str, bytes]]) -> None:
+        """Put error results the service made itself on SDK result queues."""
+
+        def send(ch: t.Any) -> None:
+            for queue, body in results:
+                properties = pika.BasicProperties(timestamp=int(time.time()), delivery_mode=2)
+                ch.basic_publish("", queue, body, properties)
+
+        if results:
+            self._run(send)
+
+    def delete_queues(self, queues: list[str]) -> None:
+        """Remove a deleted endpoint's command and task queues (and what they held)."""
+
+        def delete(ch: t.Any) -> None:
+            for queue in queues:
+                ch.queue_delete(queue)
+
+        self._run(delete)
 
     def close(self) -> None:
         with self._lock:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import auth
 from service.broker import Publisher
+from service.broker_provisioning import Provisioner
 from service.errors import ApiError
 from service.routing import Topology
 
@@ -26,6 +27,7 @@ class Settings:
     amqp_url: str
     amqp_prefix: str = ""
     token_ttl_s: int = auth.DEFAULT_TOKEN_TTL_S
+    broker_api_url: str | None = None
 
 
 @dataclasses.dataclass
@@ -36,6 +38,7 @@ class Service:
     sessions: sessionmaker[Session]
     topology: Topology
     publisher: Publisher
+    provisioner: Provisioner
 
 
 def service(request: Request) -> Service:

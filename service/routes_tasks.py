@@ -1,11 +1,17 @@
 """Submitting tasks and reading their status.
 
-A submission is journaled (task group, user endpoint, tasks) and committed
-*before* anything is published, so a result can never arrive for a task the
-database does not know. Then the start command goes to the endpoint's command
+A submission is checked (the endpoint is visible to the caller, its
+authentication policy is satisfied, every function is allowed), then journaled
+(task group, user endpoint, tasks) and committed *before* anything is
+published, so a result can never arrive for a task the database does not know.
+The user endpoint's broker account is made in the same transaction when its
+generation lacks one. Then the start command goes to the endpoint's command
 queue (on every submit: it is idempotent and refreshes credentials) and the
 tasks to the user endpoint's task queue. If the broker is down the tasks are
 marked failed with that reason and the submitter gets a 503.
+
+The SDK's result connection uses the client's own broker account, which can
+read only the result queues of the caller's identity (``tg.<identity>.*``).
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ import uuid
 from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
-from service import auth, bodies, routing, schema, store
+from service import access, auth, bodies, routing, schema, store
 from service.broker import BrokerUnavailable
+from service.broker_admin import BrokerAdminError
 from service.context import CALLER, DB, SERVICE, Service
 from service.errors import ApiError
 from service.routes_endpoints import visible_endpoint
@@ -72,20 +79,39 @@ def _user_endpoint(
     return uep
 
 
+def _check_access(
+    s: Session, ep: schema.Endpoint, who: auth.Caller, function_ids: list[str]
+) -> None:
+    denied = None
+    if ep.authentication_policy:
+        policy = s.get(schema.AuthPolicy, ep.authentication_policy)
+        if policy is None:
+            denied = access.Denied(
+                403, "AUTH_POLICY_NOT_SATISFIED", "this endpoint names an unknown policy"
+            )
+        else:
+            denied = access.policy_denial(policy, who.identities, time.time() - who.issued_at)
+    denied = denied or access.function_denial(ep, function_ids)
+    if denied is not None:
+        log.info("submit by %s to %s refused: %s", who.username, ep.id, denied.message)
+        raise ApiError(denied.status, denied.message, denied.code)
+
+
 def _journal(
-    s: Session, endpoint_id: str, body: bodies.Submission, who: auth.Caller
-) -> tuple[str, schema.UserEndpoint, dict[str, list[str]], list[tuple[bytes, dict]]]:
+    s: Session, svc: Service, endpoint_id: str, body: bodies.Submission, who: auth.Caller
+) -> tuple[
+    schema.TaskGroup, schema.UserEndpoint, bytes, dict[str, list[str]], list[tuple[bytes, dict]]
+]:
     ep = visible_endpoint(s, who, endpoint_id)
     functions = {str(fid): visible_function(s, who, str(fid)) for fid in body.tasks}
-    for fid in functions:
-        if ep.allowed_functions and fid not in ep.allowed_functions:
-            raise ApiError(403, f"function {fid} is not allowed on endpoint {ep.id}")
+    _check_access(s, ep, who, list(functions))
     for fid, payloads in body.tasks.items():
         for i, payload in enumerate(payloads):
             check_payload(str(fid), i, payload)
     group = _task_group(s, who, body.task_group_id)
     uep = _user_endpoint(s, ep, who, body)
     s.flush()  # parents first: without relationships the unit of work does not order them
+    command = routing.start_command_for(uep, svc.provisioner.user_endpoint_creds(ep, uep))
     ids: dict[str, list[str]] = {}
     messages = []
     now = time.time()
@@ -116,7 +142,7 @@ def _journal(
                     result_serializers=body.result_serializers,
                 )
             )
-    return group.id, uep, ids, messages
+    return group, uep, command, ids, messages
 
 
 @router.post("/v3/endpoints/{endpoint_id}/submit")
@@ -126,15 +152,21 @@ def submit(
     who: auth.Caller = CALLER,
     svc: Service = SERVICE,
 ) -> dict:
-    with svc.sessions.begin() as s:
-        tg_id, uep, ids, messages = _journal(s, str(endpoint_id), body, who)
+    try:
+        with svc.sessions.begin() as s:
+            group, uep, command, ids, messages = _journal(s, svc, str(endpoint_id), body, who)
+    except BrokerAdminError as e:
+        log.error("submit to %s: cannot provision the user endpoint's account: %s", endpoint_id, e)
+        raise ApiError(503, "the message broker is unavailable; try again later") from None
     try:
         svc.publisher.submit(
             endpoint_id=str(endpoint_id),
             user_endpoint_id=uep.id,
-            command=routing.start_command_for(svc.topology, uep),
-            command_properties=routing.command_properties(),
-            task_group_id=tg_id if body.create_queue else None,
+            command=command,
+            command_properties=routing.command_properties(svc.topology.service_user),
+            sdk_queue=svc.topology.sdk_queue(group.owner_id, group.id)
+            if body.create_queue
+            else None,
             tasks=messages,
         )
     except BrokerUnavailable as e:
@@ -149,7 +181,7 @@ def submit(
     )
     return {
         "request_id": str(uuid.uuid4()),
-        "task_group_id": tg_id,
+        "task_group_id": group.id,
         "endpoint_id": str(endpoint_id),
         "tasks": ids,
     }
@@ -162,11 +194,15 @@ def _fail_unsent(svc: Service, task_ids: list[str], reason: str) -> None:
 
 
 @router.get("/v2/get_amqp_result_connection_url")
-def result_connection(_who: auth.Caller = CALLER, svc: Service = SERVICE) -> dict:
-    return {
-        "connection_url": svc.topology.url,
-        "queue_prefix": svc.topology.sdk_queue_prefix,
-    }
+def result_connection(who: auth.Caller = CALLER, svc: Service = SERVICE) -> dict:
+    """The caller's own result connection: it reads its identity's task groups and nothing else."""
+    try:
+        with svc.sessions.begin() as s:
+            url = svc.provisioner.sdk_connection_url(s, who.client_id, who.identity_id)
+    except BrokerAdminError as e:
+        log.error("cannot provision the result account of client %s: %s", who.client_id, e)
+        raise ApiError(503, "the message broker is unavailable; try again later") from None
+    return {"connection_url": url, "queue_prefix": svc.topology.sdk_queue_prefix(who.identity_id)}
 
 
 def task_doc(task: schema.Task) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 UUID_LEN = 36
@@ -45,6 +45,8 @@ class ApiClient(Base):
     identity_id: Mapped[str] = mapped_column(ForeignKey("identities.id"))
     linked_ids: Mapped[list] = mapped_column(JSON, default=list)
     created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Its broker account (result queues of its identity) exists.
+    broker_provisioned: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class AccessToken(Base):
@@ -55,6 +57,7 @@ class AccessToken(Base):
     client_id: Mapped[str] = mapped_column(ForeignKey("clients.client_id", ondelete="CASCADE"))
     resource_server: Mapped[str] = mapped_column(String(64))
     scope: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[float] = mapped_column(Float, default=0.0)
     expires_at: Mapped[float] = mapped_column(Float)
 
 
@@ -71,10 +74,15 @@ class Endpoint(Base):
     high_assurance: Mapped[bool] = mapped_column(Boolean, default=False)
     metadata_: Mapped[dict] = mapped_column("metadata", JSON, default=dict)
     allowed_functions: Mapped[list] = mapped_column(JSON, default=list)
+    admins: Mapped[list] = mapped_column(JSON, default=list)
+    authentication_policy: Mapped[str | None] = mapped_column(String(UUID_LEN))
     registered: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_heartbeat: Mapped[float | None] = mapped_column(Float)
     heartbeat_period: Mapped[float | None] = mapped_column(Float)
     last_state: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Bumped at every registration: it rotates the broker secrets of the
+    # manager and of every user endpoint it runs.
+    broker_generation: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class UserEndpoint(Base):
@@ -96,6 +104,8 @@ class UserEndpoint(Base):
     heartbeat_period: Mapped[float | None] = mapped_column(Float)
     last_state: Mapped[dict] = mapped_column(JSON, default=dict)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The endpoint generation its broker account was made for; None: no account.
+    broker_generation: Mapped[int | None] = mapped_column(Integer)
 
 
 class Function(Base):
@@ -137,3 +147,36 @@ class Task(Base):
     details: Mapped[dict | None] = mapped_column(JSON)
     created_t: Mapped[float] = mapped_column(Float)
     completion_t: Mapped[float | None] = mapped_column(Float)
+
+
+class AuthPolicy(Base):
+    """An authentication policy endpoints can name (Globus Auth's policy fields we honour)."""
+
+    __tablename__ = "auth_policies"
+    id: Mapped[str] = mapped_column(String(UUID_LEN), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(256))
+    description: Mapped[str] = mapped_column(Text, default="")
+    domain_constraints_include: Mapped[list] = mapped_column(JSON, default=list)
+    domain_constraints_exclude: Mapped[list] = mapped_column(JSON, default=list)
+    high_assurance: Mapped[bool] = mapped_column(Boolean, default=False)
+    authentication_assurance_timeout: Mapped[int | None] = mapped_column(Integer)
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ServiceKey(Base):
+    """The service's own random keys (the one broker secrets are derived from)."""
+
+    __tablename__ = "service_keys"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class DroppedMessage(Base):
+    """Messages the forwarder refused, counted per kind and reason, for the admin."""
+
+    __tablename__ = "dropped_messages"
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    last_at: Mapped[float] = mapped_column(Float, default=0.0)
+    last_detail: Mapped[str] = mapped_column(Text, default="")

@@ -65,15 +65,8 @@ def identity_set(s: Session, client: schema.ApiClient) -> list[schema.Identity]:
     return [found[i] for i in ids if i in found]
 
 
-def visible_endpoints(s: Session, identity_id: str, owned_only: bool) -> list[schema.Endpoint]:
-    query = select(schema.Endpoint).order_by(schema.Endpoint.registered)
-    if owned_only:
-        query = query.where(schema.Endpoint.owner_id == identity_id)
-    else:
-        query = query.where(
-            (schema.Endpoint.owner_id == identity_id) | schema.Endpoint.public.is_(True)
-        )
-    return list(s.scalars(query))
+def all_endpoints(s: Session) -> list[schema.Endpoint]:
+    return list(s.scalars(select(schema.Endpoint).order_by(schema.Endpoint.registered)))
 
 
 def tasks_of_group(s: Session, task_group_id: str) -> list[schema.Task]:
@@ -91,6 +84,13 @@ def owned_tasks(s: Session, owner_id: str, task_ids: list[str]) -> list[schema.T
 def pending_tasks_of_user_endpoint(s: Session, user_endpoint_id: str) -> list[schema.Task]:
     query = select(schema.Task).where(
         schema.Task.user_endpoint_id == user_endpoint_id, schema.Task.status == PENDING
+    )
+    return list(s.scalars(query))
+
+
+def pending_tasks_of_endpoint(s: Session, endpoint_id: str) -> list[schema.Task]:
+    query = select(schema.Task).where(
+        schema.Task.endpoint_id == endpoint_id, schema.Task.status == PENDING
     )
     return list(s.scalars(query))
 
@@ -129,3 +129,24 @@ def finish_task(
 
 def purge_expired_tokens(s: Session, now: float) -> None:
     s.execute(schema.AccessToken.__table__.delete().where(schema.AccessToken.expires_at < now))
+
+
+DETAIL_LIMIT = 1000
+
+
+def count_dropped(s: Session, kind: str, reason: str, detail: str, now: float) -> None:
+    """One more refused message of ``kind`` for ``reason``; the latest detail is kept."""
+    row = s.get(schema.DroppedMessage, (kind, reason))
+    if row is None:
+        row = schema.DroppedMessage(kind=kind, reason=reason, count=0)
+        s.add(row)
+    row.count = (row.count or 0) + 1
+    row.last_at = now
+    row.last_detail = detail.replace("\x00", "\\x00")[:DETAIL_LIMIT]
+
+
+def dropped_counts(s: Session) -> list[schema.DroppedMessage]:
+    query = select(schema.DroppedMessage).order_by(
+        schema.DroppedMessage.kind, schema.DroppedMessage.reason
+    )
+    return list(s.scalars(query))

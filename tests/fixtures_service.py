@@ -1,7 +1,9 @@
 """Fixtures for running the real compute service in tests.
 
-- ``rabbit_vhost``: a private RabbitMQ vhost (created with ``rabbitmqctl``,
-  deleted afterwards) so queues never collide with other test runs.
+- ``rabbit_vhost``: a private RabbitMQ vhost and an administrator account of
+  its own for the service (created with ``rabbitmqctl``, deleted afterwards
+  with every account the service made there), so queues never collide with
+  other test runs and nothing relies on the well-known ``guest`` account.
 - ``compute_service``: one ``compute-service start`` subprocess on port 5000
   for the session (the SDK's ``local`` environment is fixed to
   ``localhost:5000``). Port 5000 is shared by every concurrent test session on
@@ -21,6 +23,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -39,20 +42,50 @@ PORT_LOCK_WAIT_S = 90
 COMPUTE_SCOPE = "https://auth.globus.org/scopes/facd7ccc-c5f4-42aa-916b-a0e270e2c2a9/all"
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+def _rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60
+    )
+    return done.stdout
+
+
+def vhost_accounts(vhost: str) -> list[str]:
+    """Every account holding permissions on ``vhost``."""
+    out = _rabbitmqctl("list_permissions", "-p", vhost, "--no-table-headers")
+    return [line.split("\t")[0] for line in out.splitlines() if line.strip()]
 
 
 @contextlib.contextmanager
 def private_vhost(tag: str):
-    """Yield an amqp URL on a fresh vhost; the vhost is deleted on exit."""
+    """Yield the URL of a fresh vhost's own administrator; both go on exit, with the
+    accounts a service made there."""
     vhost = f"ca-test-{tag}-{uuid.uuid4().hex[:8]}"
+    admin, secret = f"{vhost}-admin", secrets.token_urlsafe(18)
     _rabbitmqctl("add_vhost", vhost)
     try:
-        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+        _rabbitmqctl("add_user", admin, secret)
+        _rabbitmqctl("set_user_tags", admin, "administrator")
+        _rabbitmqctl("set_permissions", "-p", vhost, admin, ".*", ".*", ".*")
+        yield f"amqp://{admin}:{secret}@127.0.0.1:5672/{vhost}"
     finally:
+        for account in {*vhost_accounts(vhost), admin} - {"guest"}:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _rabbitmqctl("delete_user", account)
         _rabbitmqctl("delete_vhost", vhost)
+
+
+def queued_command(admin_url: str, registration: dict) -> dict:
+    """The next start command the service queued for an endpoint, read as the service."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(admin_url))
+    try:
+        queue = registration["command_queue_info"]["queue"]
+        method, _props, raw = connection.channel().basic_get(queue, auto_ack=True)
+        assert method is not None, f"no start command waits in {queue}"
+        return json.loads(raw)
+    finally:
+        connection.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,15 @@
 """A small endpoint built only on wire/, standing in for a real one in tests.
 
 It registers through the REST API as a 4.19 core endpoint would, consumes its
-command queue, and for every ``cmd_start_endpoint`` starts consuming that user
-endpoint's task queue; tasks run in this process with wire.serializer and their
-Results go to the result queue info of the start command. A start command whose
-``user_opts`` holds ``fail_start`` is answered, like the official endpoint does
-when a start fails, with an ``error`` status report on the heartbeat queue.
+command queue, and for every ``cmd_start_endpoint`` opens a connection with that
+user endpoint's own credentials and consumes its task queue; tasks run in this
+process with wire.serializer and their Results go to the result queue info of
+the start command. A start command whose ``user_opts`` holds ``fail_start`` is
+answered, like the official endpoint does when a start fails, with an ``error``
+status report on the user endpoint's heartbeat queue, with its credentials.
 
-Everything runs on one thread and one connection, so pika is used as intended.
+Everything runs on one thread (one connection per party), so pika is used as
+intended.
 """
 
 from __future__ import annotations
@@ -64,23 +66,33 @@ class WireEndpoint:
             command_info = ReadQueueInfo.from_dict(self.registration["command_queue_info"])
             heartbeat_info = WriteQueueInfo.from_dict(self.registration["heartbeat_queue_info"])
             connection = amqp.connect(command_info.connection_url, client_name="wire-endpoint")
+            self.connections = [connection]
             self.channel = connection.channel()
-            self._heartbeat(heartbeat_info, self.endpoint_id, {"heartbeat_period": 5.0})
+            self._heartbeat(self.channel, heartbeat_info, self.endpoint_id, {"heartbeat_period": 5})
             self.channel.basic_consume(command_info.queue, self._on_command)
             ready.set()
             while not self._stop.is_set():
-                connection.process_data_events(time_limit=0.2)
-            self._heartbeat(heartbeat_info, self.endpoint_id, {"heartbeat_period": 0})
-            connection.close()
+                for each in list(self.connections):
+                    each.process_data_events(time_limit=0.05)
+            self._heartbeat(self.channel, heartbeat_info, self.endpoint_id, {"heartbeat_period": 0})
+            for each in self.connections:
+                each.close()
         except Exception:
             self.errors.append(traceback.format_exc())
             ready.set()
 
-    def _heartbeat(self, info: WriteQueueInfo, endpoint_id: str, state: dict) -> None:
+    @staticmethod
+    def _heartbeat(channel, info: WriteQueueInfo, endpoint_id: str, state: dict) -> None:
         report = messages.EPStatusReport(
             endpoint_id=uuid.UUID(endpoint_id), global_state=state, task_statuses={}
         )
-        self.channel.basic_publish(body=messages.pack(report), **amqp.publish_kwargs(info))
+        channel.basic_publish(body=messages.pack(report), **amqp.publish_kwargs(info))
+
+    def _user_endpoint_channel(self, creds: AmqpCreds):
+        """A channel on a new connection with the user endpoint's own account."""
+        connection = amqp.connect(creds.task_queue_info.connection_url, client_name="wire-uep")
+        self.connections.append(connection)
+        return connection.channel()
 
     def _on_command(self, channel, method, props, body: bytes) -> None:
         channel.basic_ack(method.delivery_tag)
@@ -95,11 +107,13 @@ class WireEndpoint:
         failure = kwargs.get("user_opts", {}).get("fail_start")
         if failure:
             state = {"error": failure, "heartbeat_period": 3}
-            self._heartbeat(creds.heartbeat_queue_info, uep_id, state)
+            self._heartbeat(
+                self._user_endpoint_channel(creds), creds.heartbeat_queue_info, uep_id, state
+            )
             return
         if uep_id not in self.started:
             self.started[uep_id] = creds
-            channel.basic_consume(
+            self._user_endpoint_channel(creds).basic_consume(
                 creds.task_queue_info.queue,
                 lambda *a: self._on_task(creds, *a),
                 exclusive=True,

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 import uuid
 
 import pytest
 
 from wire import amqp, messages, serializer
-from wire.queue_info import ReadQueueInfo, WriteQueueInfo
+from wire.queue_info import BrokerAddress, ReadQueueInfo, WriteQueueInfo
 
 
 def add(a, b):
@@ -26,6 +27,7 @@ def api(api_service):
     client = api_service.add_client("dana@uni.edu", "dana@lab.org")
     with api_service.api(api_service.token(client)) as api:
         api.identity_id = client["identity_id"]
+        api.client_id = client["client_id"]
         yield api
 
 
@@ -152,7 +154,11 @@ def test_submit_puts_command_tasks_and_sdk_queue_on_the_broker(api, rabbit_vhost
     assert uuid.UUID(response["request_id"]) and uuid.UUID(response["endpoint_id"])
     task_ids = response["tasks"][fid]
     result_conn = api.get("/v2/get_amqp_result_connection_url").json()
-    assert result_conn["connection_url"] == rabbit_vhost
+    # The client's own account on the service's broker, reading only its identity's groups.
+    sdk_url = urllib.parse.urlsplit(result_conn["connection_url"])
+    assert BrokerAddress.of(result_conn["connection_url"]) == BrokerAddress.of(rabbit_vhost)
+    assert sdk_url.username == f"api.sdk.{api.client_id}" and len(sdk_url.password) >= 40
+    assert result_conn["queue_prefix"] == f"api.tg.{api.identity_id}."
 
     connection = amqp.connect(rabbit_vhost)
     try:
@@ -162,6 +168,7 @@ def test_submit_puts_command_tasks_and_sdk_queue_on_the_broker(api, rabbit_vhost
         _method, props, raw = channel.basic_get(ep["command_queue_info"]["queue"], auto_ack=True)
         assert props.content_type == "application/json"
         assert abs(props.timestamp - time.time()) < 60
+        assert props.user_id == urllib.parse.urlsplit(rabbit_vhost).username
         command = json.loads(raw)
         assert command["command"] == "cmd_start_endpoint"
         assert command["globus_effective_identity"] == api.identity_id
@@ -170,6 +177,12 @@ def test_submit_puts_command_tasks_and_sdk_queue_on_the_broker(api, rabbit_vhost
         assert kwargs["user_opts"] == body["user_endpoint_config"]
         assert kwargs["user_runtime"] == body["user_runtime"]
         assert kwargs["name"] == f"uep.{kwargs['amqp_creds']['endpoint_id']}"
+        account = f"api.uep.{kwargs['amqp_creds']['endpoint_id']}"
+        for key in ("task_queue_info", "result_queue_info", "heartbeat_queue_info"):
+            info = kwargs["amqp_creds"][key]
+            assert urllib.parse.urlsplit(info["connection_url"]).username == account
+        published = kwargs["amqp_creds"]["result_queue_info"]["queue_publish_kwargs"]
+        assert published["properties"]["user_id"] == account
         task_queue = kwargs["amqp_creds"]["task_queue_info"]["queue"]
         seen = []
         for _ in task_ids:

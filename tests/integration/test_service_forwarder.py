@@ -8,6 +8,7 @@ import uuid
 
 import pika
 
+from tests.fixtures_service import queued_command
 from wire import amqp, messages, serializer
 
 CODE = serializer.pack_buffers([serializer.serialize(len)])
@@ -23,10 +24,10 @@ def test_junk_is_dropped_and_good_results_still_flow(api_service, rabbit_vhost):
         body = {"tasks": {fid: [PAYLOAD]}, "create_queue": True}
         sub = api.post(f"/v3/endpoints/{reg['endpoint_id']}/submit", json=body).json()
         task_id = sub["tasks"][fid][0]
-        sdk_queue = api.get("/v2/get_amqp_result_connection_url").json()["queue_prefix"]
-        sdk_queue += sub["task_group_id"]
-        info = reg["result_queue_info"]
-        connection = amqp.connect(rabbit_vhost)
+        sdk_conn = api.get("/v2/get_amqp_result_connection_url").json()
+        sdk_queue = sdk_conn["queue_prefix"] + sub["task_group_id"]
+        info = queued_command(rabbit_vhost, reg)["kwargs"]["amqp_creds"]["result_queue_info"]
+        connection = amqp.connect(info["connection_url"])
         try:
             channel = connection.channel()
             channel.confirm_delivery()
@@ -41,6 +42,11 @@ def test_junk_is_dropped_and_good_results_still_flow(api_service, rabbit_vhost):
                 channel.basic_publish(exchange, key, junk)
             good = messages.pack(messages.Result(task_id=uuid.UUID(task_id), data="00\ngARLAi4=\n"))
             channel.basic_publish(exchange, key, good, pika.BasicProperties(delivery_mode=2))
+        finally:
+            connection.close()
+        connection = amqp.connect(sdk_conn["connection_url"])
+        try:
+            channel = connection.channel()
             deadline = time.monotonic() + 20
             got = (None, None, None)
             while got[0] is None and time.monotonic() < deadline:

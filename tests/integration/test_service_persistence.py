@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from tests.fixtures_service import private_vhost
+from tests.fixtures_service import private_vhost, queued_command
 from wire import amqp, messages, serializer
 from wire.queue_info import WriteQueueInfo
 
@@ -47,6 +47,7 @@ def test_restart_keeps_everything(start_service, db_url):
             fid = fid.json()["function_uuid"]
             sub = api.post(f"/v3/endpoints/{ep}/submit", json={"tasks": {fid: [PAYLOAD]}}).json()
             task_id = sub["tasks"][fid][0]
+            creds = queued_command(amqp_url, reg)["kwargs"]["amqp_creds"]
             publish(
                 reg["heartbeat_queue_info"],
                 messages.EPStatusReport(
@@ -56,7 +57,7 @@ def test_restart_keeps_everything(start_service, db_url):
                 ),
             )
             publish(
-                reg["result_queue_info"],
+                creds["result_queue_info"],
                 messages.Result(task_id=uuid.UUID(task_id), data=serializer.serialize(3)),
             )
             wait_for(lambda: api.get(f"/v2/tasks/{task_id}").json()["status"] == "success")

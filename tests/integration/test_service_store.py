@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from service import auth, forwarder, schema, store
+from service.routing import Topology
 from wire import messages
 
 
@@ -60,47 +61,81 @@ def test_clients_identities_and_tokens(sessions):
         assert again.identity_id == caller.identities[1]["id"]
 
 
-def test_results_are_recorded_once_and_unknown_ones_dropped(sessions):
-    with sessions.begin() as s:
-        task_id = _task(s, str(uuid.uuid4()))
+TOPO = Topology("amqp://svc:pw@127.0.0.1:5672/v", "p.")
+
+
+def result_from(sender: str, task_id: str, user_id: str | None = None) -> forwarder.Delivery:
     raw = messages.pack(messages.Result(task_id=uuid.UUID(task_id), data="00\nabc"))
+    return forwarder.Delivery(f"{sender}.results", user_id, raw)
+
+
+def report_from(sender: str, about: str, state: dict, user_id: str | None = None):
+    raw = messages.pack(
+        messages.EPStatusReport(endpoint_id=uuid.UUID(about), global_state=state, task_statuses={})
+    )
+    return forwarder.Delivery(f"{sender}.heartbeats", user_id, raw)
+
+
+def refused(call, reason: str) -> None:
+    with pytest.raises(forwarder.Refused) as caught:
+        call()
+    assert caught.value.reason == reason, caught.value.detail
+
+
+def test_a_result_counts_once_and_only_from_the_tasks_user_endpoint(sessions):
+    uep, other = str(uuid.uuid4()), str(uuid.uuid4())
     with sessions.begin() as s:
-        [forward] = forwarder.record_result(s, raw)
-        assert forward.body == raw
+        task_id = _task(s, uep, owner="alice-id")
+        group = s.get(schema.Task, task_id).task_group_id
+    record = forwarder.record_result
     with sessions.begin() as s:
-        assert forwarder.record_result(s, raw) == []
+        refused(lambda: record(s, TOPO, result_from(other, task_id)), "not_the_tasks_endpoint")
+        refused(
+            lambda: record(s, TOPO, result_from(uep, task_id, user_id=f"p.uep.{other}")),
+            "user_id",
+        )
+        refused(lambda: record(s, TOPO, result_from("results", task_id)), "routing_key")
+        refused(lambda: record(s, TOPO, result_from(uep.upper(), task_id)), "routing_key")
+        assert s.get(schema.Task, task_id).status == store.PENDING
+    with sessions.begin() as s:
+        [forward] = record(s, TOPO, result_from(uep, task_id, user_id=f"p.uep.{uep}"))
+        assert forward.queue == f"p.tg.alice-id.{group}"
+        assert forward.body == result_from(uep, task_id).body
+    with sessions.begin() as s:
+        assert record(s, TOPO, result_from(uep, task_id)) == []
         task = s.get(schema.Task, task_id)
         assert task.status == "success" and task.result == "00\nabc" and task.completion_t
-    unknown = messages.pack(messages.Result(task_id=uuid.uuid4(), data="x"))
     with sessions.begin() as s:
-        assert forwarder.record_result(s, unknown) == []
-        assert forwarder.record_result(s, b"\x02junk") == []
-        assert forwarder.record_result(s, routing_heartbeat(uuid.uuid4(), {})) == []
+        refused(lambda: record(s, TOPO, result_from(uep, str(uuid.uuid4()))), "unknown_task")
+        junk = forwarder.Delivery(f"{uep}.results", None, b"\x02junk")
+        refused(lambda: record(s, TOPO, junk), "malformed")
+        report = report_from(uep, uep, {}).body
+        refused(
+            lambda: record(s, TOPO, forwarder.Delivery(f"{uep}.results", None, report)), "malformed"
+        )
 
 
-def routing_heartbeat(endpoint_id: uuid.UUID, state: dict) -> bytes:
-    return messages.pack(
-        messages.EPStatusReport(endpoint_id=endpoint_id, global_state=state, task_statuses={})
-    )
-
-
-def test_error_report_fails_pending_tasks_of_that_user_endpoint(sessions):
+def test_an_error_report_fails_only_the_senders_own_pending_tasks(sessions):
     uep_id, other_uep = str(uuid.uuid4()), str(uuid.uuid4())
     with sessions.begin() as s:
         pending = _task(s, uep_id)
         done = _task(s, uep_id)
         elsewhere = _task(s, other_uep)
         ep_id = s.get(schema.Task, pending).endpoint_id
-        s.add(schema.UserEndpoint(id=uep_id, endpoint_id=ep_id, identity_id="o", name="u"))
+        for uid in (uep_id, other_uep):
+            s.add(schema.UserEndpoint(id=uid, endpoint_id=ep_id, identity_id="o", name=uid))
     with sessions.begin() as s:
         store.finish_task(s, done, status="success", result="00\nx")
-    report = routing_heartbeat(
-        uuid.UUID(uep_id), {"error": "no account for you", "heartbeat_period": 3}
-    )
+    error = {"error": "no account for you", "heartbeat_period": 3}
     with sessions.begin() as s:
-        forwards = forwarder.record_heartbeat(s, report, now=1.0)
+        forged = report_from(other_uep, uep_id, error)
+        refused(
+            lambda: forwarder.record_heartbeat(s, TOPO, forged, 1.0), "not_the_senders_endpoint"
+        )
+    with sessions.begin() as s:
+        forwards = forwarder.record_heartbeat(s, TOPO, report_from(uep_id, uep_id, error), 1.0)
         pending_group = s.get(schema.Task, pending).task_group_id
-    assert [f.task_group_id for f in forwards] == [pending_group]
+    assert [f.queue for f in forwards] == [f"p.tg.o.{pending_group}"]
     result = messages.unpack(forwards[0].body)
     assert result.is_error and result.data == "no account for you"
     with sessions.begin() as s:
@@ -110,19 +145,58 @@ def test_error_report_fails_pending_tasks_of_that_user_endpoint(sessions):
         assert s.get(schema.UserEndpoint, uep_id).last_error == "no account for you"
 
 
-def test_heartbeats_update_endpoint_status(sessions):
-    ep_id = str(uuid.uuid4())
+def test_a_manager_speaks_for_itself_and_its_own_user_endpoints_only(sessions):
+    uep_id, stranger_ep = str(uuid.uuid4()), str(uuid.uuid4())
     with sessions.begin() as s:
-        s.add(schema.Endpoint(id=ep_id, owner_id="o", name="e"))
+        pending = _task(s, uep_id)
+        ep_id = s.get(schema.Task, pending).endpoint_id
+        s.add(schema.UserEndpoint(id=uep_id, endpoint_id=ep_id, identity_id="o", name="u"))
+        s.add(schema.Endpoint(id=stranger_ep, owner_id="x", name="x"))
+    error = {"error": "mapping failed", "heartbeat_period": 3}
+    beat = forwarder.record_heartbeat
+    with sessions.begin() as s:
+        refused(
+            lambda: beat(s, TOPO, report_from(stranger_ep, uep_id, error), 5.0),
+            "not_the_senders_endpoint",
+        )
+        refused(
+            lambda: beat(
+                s, TOPO, report_from(ep_id, ep_id, {}, user_id=f"p.ep.{stranger_ep}"), 5.0
+            ),
+            "user_id",
+        )
+        refused(
+            lambda: beat(s, TOPO, report_from(str(uuid.uuid4()), ep_id, {}), 5.0),
+            "unknown_endpoint",
+        )
+        refused(
+            lambda: beat(s, TOPO, forwarder.Delivery(f"{ep_id}.heartbeats", None, b"nope"), 5.0),
+            "malformed",
+        )
+        assert s.get(schema.Task, pending).status == store.PENDING
     with sessions.begin() as s:
         assert (
-            forwarder.record_heartbeat(
-                s, routing_heartbeat(uuid.UUID(ep_id), {"heartbeat_period": 5}), 42.0
-            )
+            beat(s, TOPO, report_from(ep_id, ep_id, {"heartbeat_period": 5}, f"p.ep.{ep_id}"), 42.0)
             == []
         )
-        assert forwarder.record_heartbeat(s, routing_heartbeat(uuid.uuid4(), {}), 42.0) == []
-        assert forwarder.record_heartbeat(s, b"not a message", 42.0) == []
+        [forward] = beat(s, TOPO, report_from(ep_id, uep_id, error), 43.0)
+    assert messages.unpack(forward.body).data == "mapping failed"
     with sessions.begin() as s:
         ep = s.get(schema.Endpoint, ep_id)
         assert (ep.last_heartbeat, ep.heartbeat_period) == (42.0, 5.0)
+        assert s.get(schema.Task, pending).exception == "mapping failed"
+
+
+def test_refusals_are_counted_by_kind_and_reason(sessions):
+    with sessions.begin() as s:
+        store.count_dropped(s, "result", "user_id", "first", 1.0)
+        store.count_dropped(s, "result", "user_id", "second\x00", 2.0)
+        store.count_dropped(s, "heartbeat", "malformed", "x", 3.0)
+    with sessions() as s:
+        rows = [
+            (r.kind, r.reason, r.count, r.last_at, r.last_detail) for r in store.dropped_counts(s)
+        ]
+    assert rows == [
+        ("heartbeat", "malformed", 1, 3.0, "x"),
+        ("result", "user_id", 2, 2.0, "second\\x00"),
+    ]

@@ -15,7 +15,7 @@ from service.routes_endpoints import is_online
 from service.routes_functions import executable_code
 from service.routes_tasks import check_payload
 from wire import messages, serializer
-from wire.queue_info import AmqpCreds, WriteQueueInfo
+from wire.queue_info import AmqpCreds, BrokerAddress, WriteQueueInfo
 
 URL = "amqp://guest:guest@127.0.0.1:5672/v"
 EP = str(uuid.uuid4())
@@ -39,26 +39,49 @@ def test_user_endpoint_names_are_directory_safe(config):
 
 def test_prefix_applies_to_every_name():
     topo = routing.Topology(URL, "x-")
-    creds = topo.amqp_creds(EP)
+    creds = topo.amqp_creds(EP, URL, "x-uep.me")
     assert creds.task_queue_info.queue == f"x-{EP}.tasks"
     assert creds.result_queue_info.exchange == "x-results"
+    assert creds.result_queue_info.queue == "x-service.results"
     assert creds.heartbeat_queue_info.queue_publish_kwargs["routing_key"] == f"{EP}.heartbeats"
+    assert creds.heartbeat_queue_info.queue_publish_kwargs["properties"]["user_id"] == "x-uep.me"
     assert topo.command_queue(EP) == f"x-{EP}.commands"
-    assert topo.sdk_queue("tg") == "x-tg.tg"
+    assert topo.sdk_queue(ME, "tg") == f"x-tg.{ME}.tg"
+
+
+def test_no_queue_is_named_like_an_exchange():
+    topo = routing.Topology(URL, "p.")
+    exchanges = {topo.tasks_exchange, topo.results_exchange, topo.heartbeats_exchange}
+    exchanges.add(topo.commands_exchange)
+    queues = {topo.results_queue, topo.heartbeats_queue, topo.task_queue(EP)}
+    queues |= {topo.command_queue(EP), topo.sdk_queue(ME, EP)}
+    assert not exchanges & queues
+
+
+def test_party_urls_keep_the_broker_and_swap_the_account():
+    topo = routing.Topology("amqps://svc:pw@broker.site.org:5671/compute%2Fprod?heartbeat=30")
+    url = topo.party_url("uep.x", "s3cr/t")
+    assert url == "amqps://uep.x:s3cr%2Ft@broker.site.org:5671/compute%2Fprod"
+    assert BrokerAddress.of(url) == BrokerAddress.of(topo.url)
+    assert topo.service_user == "svc"
+    assert routing.Topology("amqp://[::1]/").party_url("a", "b") == "amqp://a:b@[::1]/"
 
 
 def test_registration_and_start_command_round_trip_through_wire():
     topo = routing.Topology(URL)
-    reg = topo.registration(EP)
-    assert reg["endpoint_id"] == EP
+    mine = topo.party_url("ep.me", "pw")
+    reg = topo.registration(EP, mine, "ep.me")
+    assert reg["endpoint_id"] == EP and reg["command_sender"] == "guest"
+    assert reg["command_queue_info"]["connection_url"] == mine
     hb = WriteQueueInfo.from_dict(reg["heartbeat_queue_info"])
     assert hb.queue_publish_kwargs["exchange"] == hb.exchange == "heartbeats"
+    assert hb.queue_publish_kwargs["properties"]["user_id"] == "ep.me"
     identities = [{"id": ME, "sub": ME, "username": "a@b"}]
     uep = routing.user_endpoint_id(EP, ME, {"k": 1})
     body = routing.start_command(
         identities=identities,
         name=routing.user_endpoint_name(uep),
-        creds=topo.amqp_creds(uep),
+        creds=topo.amqp_creds(uep, mine, "uep.x"),
         user_opts={"k": 1},
         user_runtime=None,
     )
@@ -67,8 +90,9 @@ def test_registration_and_start_command_round_trip_through_wire():
     assert decoded["globus_username"] == "a@b"
     assert AmqpCreds.from_dict(decoded["kwargs"]["amqp_creds"]).endpoint_id == uuid.UUID(uep)
     assert decoded["kwargs"]["user_runtime"] == {}
-    props = routing.command_properties(now=1000.7)
+    props = routing.command_properties("svc", now=1000.7)
     assert props["timestamp"] == 1000 and props["content_type"] == "application/json"
+    assert props["user_id"] == "svc"
 
 
 def test_task_message_concatenates_code_and_payload():
