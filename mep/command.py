@@ -17,7 +17,7 @@ import typing as t
 import uuid
 
 from wire.errors import QueueInfoError
-from wire.queue_info import AmqpCreds, WriteQueueInfo
+from wire.queue_info import AmqpCreds
 
 MAX_SKEW_S = 180
 COMMAND_NAME = re.compile(r"cmd_[A-Za-z][0-9A-Za-z_]{0,99}")
@@ -28,21 +28,25 @@ IDENTITY_FIELDS = ("globus_effective_identity", "globus_identity_set", "globus_u
 
 @dataclasses.dataclass(frozen=True)
 class Properties:
-    """The AMQP properties the manager reads."""
+    """The AMQP properties the manager reads (``user_id`` as RabbitMQ validated it)."""
 
     content_type: str | None
     timestamp: t.Any
     headers: dict = dataclasses.field(default_factory=dict)
+    user_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Rejection:
-    """A command the manager will not act on, said twice: to the user and the admin."""
+    """A command the manager will not act on, said twice: to the user and the admin.
+
+    ``endpoint_id`` is the user endpoint whose submitter is told; None: nobody
+    (the command was unreadable, or not from the service).
+    """
 
     check: str
     user_message: str
     admin_message: str
-    notify: WriteQueueInfo | None = None
     endpoint_id: uuid.UUID | None = None
 
 
@@ -70,13 +74,24 @@ def _who(body: dict) -> str:
     )
 
 
-def _reply_route(body: t.Any) -> tuple[WriteQueueInfo | None, uuid.UUID | None]:
-    """The UEP's heartbeat queue, if the body names a valid one (for rejections)."""
+def _named_endpoint(body: t.Any) -> uuid.UUID | None:
+    """The user endpoint a body names, if it names one (whose submitter hears a refusal)."""
     try:
-        creds = AmqpCreds.from_dict(body["kwargs"]["amqp_creds"])
-    except (KeyError, TypeError, QueueInfoError):
-        return None, None
-    return creds.heartbeat_queue_info, creds.endpoint_id
+        return uuid.UUID(str(body["kwargs"]["amqp_creds"]["endpoint_id"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _check_sender(props: Properties, sender: str | None) -> Rejection | None:
+    if sender is None or props.user_id == sender:
+        return None
+    return Rejection(
+        "sender",
+        "",
+        f"dropping a command not sent by the service: user_id {props.user_id!r},"
+        f" expected {sender!r} (someone else can write to this command queue;"
+        " check the broker's permissions)",
+    )
 
 
 def _check_timestamp(timestamp: t.Any, now: float) -> str | None:
@@ -117,8 +132,13 @@ def _identity_set(body: dict) -> tuple[dict, ...] | str:
     return tuple(identities)
 
 
-def parse_command(props: Properties, body: bytes, now: float) -> StartCommand | Rejection:
-    """Validate a raw command; the first failing check wins, in the official order."""
+def parse_command(
+    props: Properties, body: bytes, now: float, sender: str | None = None
+) -> StartCommand | Rejection:
+    """Validate a raw command; the first failing check wins: sender, then the official order."""
+    foreign = _check_sender(props, sender)
+    if foreign is not None:
+        return foreign
     if props.content_type != "application/json":
         return Rejection(
             "content_type",
@@ -135,10 +155,10 @@ def parse_command(props: Properties, body: bytes, now: float) -> StartCommand | 
         return Rejection(
             "json", "the service sent an unreadable command", "command body is not a JSON object"
         )
-    notify, endpoint_id = _reply_route(data)
+    endpoint_id = _named_endpoint(data)
 
     def reject(check: str, user: str, admin: str) -> Rejection:
-        return Rejection(check, user, f"{admin} ({_who(data)})", notify, endpoint_id)
+        return Rejection(check, user, f"{admin} ({_who(data)})", endpoint_id)
 
     stale = _check_timestamp(props.timestamp, now)
     if stale:

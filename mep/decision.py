@@ -1,11 +1,18 @@
 """The manager's decision core: a start command in, a launch plan or a rejection out.
 
 Pure: everything it needs (the identity mapper, the account policy, the
-template renderer, what is already running) arrives as data or as a function in
-:class:`DecisionContext`, so every path is unit-testable without AMQP, fork or
-root. The order of checks after :func:`mep.command.parse_command` is: identity
-(mapping, or the owner's identity set for an unprivileged manager), account
-policy, per-user limits, template rendering.
+template renderer, what is already running, where our broker is) arrives as
+data or as a function in :class:`DecisionContext`, so every path is
+unit-testable without AMQP, fork or root. The order of checks after
+:func:`mep.command.parse_command` is: the broker the credentials lead to,
+identity (mapping, or the owner's identity set for an unprivileged manager),
+account policy; then a command for a running user endpoint is a credential
+refresh, allowed only for that endpoint's own account and id; otherwise
+per-user limits and template rendering.
+
+The credentials in a command must lead to the broker the manager registered
+with (scheme, host, port, vhost): a command can hand a user endpoint its
+account, never send it, or root, somewhere else.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from identity.mapping import MappingOutcome
 from identity.policy import Allowed, Refused
 from mep.command import Properties, Rejection, StartCommand, parse_command
+from wire.queue_info import BrokerAddress, rewrite_port
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +43,14 @@ class Limits:
     total: int | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Running:
+    """A user endpoint the manager runs: whose it is and which id it serves."""
+
+    account: str
+    endpoint_id: str
+
+
 RenderFn = Callable[[StartCommand, Allowed, dict], RenderedConfig | Rejection]
 
 
@@ -50,11 +66,14 @@ class DecisionContext:
     check_account: Callable[[str], Allowed | Refused]
     render: RenderFn
     manager_pid: int
-    running: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    running: Mapping[str, Running] = dataclasses.field(default_factory=dict)
     limits: Limits = Limits()
     map_identity: Callable[[Sequence[dict]], MappingOutcome] | None = None
     owner: Allowed | None = None
     owner_identities: frozenset[str] = frozenset()
+    broker: BrokerAddress | None = None
+    amqp_port: int | None = None
+    command_sender: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,13 +105,28 @@ def _reject(cmd: StartCommand, check: str, user: str, admin: str) -> Rejection:
         f"Globus effective identity: {cmd.effective_identity}; Globus username: {cmd.username};"
         f" identity set: {_describe_identities(cmd.identity_set)}"
     )
-    return Rejection(
-        check,
-        user,
-        f"{admin} (user endpoint {cmd.name}; {who})",
-        cmd.amqp_creds.heartbeat_queue_info,
-        cmd.endpoint_id,
-    )
+    return Rejection(check, user, f"{admin} (user endpoint {cmd.name}; {who})", cmd.endpoint_id)
+
+
+def _elsewhere(cmd: StartCommand, ctx: DecisionContext) -> Rejection | None:
+    """Credentials that lead to a broker other than ours."""
+    if ctx.broker is None:
+        return None
+    creds = cmd.amqp_creds
+    for key, info in (
+        ("task_queue_info", creds.task_queue_info),
+        ("result_queue_info", creds.result_queue_info),
+        ("heartbeat_queue_info", creds.heartbeat_queue_info),
+    ):
+        where = BrokerAddress.of(rewrite_port(info.connection_url, ctx.amqp_port))
+        if where != ctx.broker:
+            return _reject(
+                cmd,
+                "broker",
+                "Invalid server command: it names a message broker this endpoint does not use",
+                f"amqp_creds.{key} leads to {where}, not to our broker {ctx.broker}",
+            )
+    return None
 
 
 def _subs(identity_set: Sequence[dict]) -> set[str]:
@@ -131,7 +165,7 @@ def _identify(cmd: StartCommand, ctx: DecisionContext) -> tuple[Allowed, dict] |
 
 
 def _over_limit(cmd: StartCommand, account: Allowed, ctx: DecisionContext) -> Rejection | None:
-    mine = sum(1 for user in ctx.running.values() if user == account.name)
+    mine = sum(1 for r in ctx.running.values() if r.account == account.name)
     if ctx.limits.per_user is not None and mine >= ctx.limits.per_user:
         return _reject(
             cmd,
@@ -163,14 +197,30 @@ def mapped_identity(account: Allowed, globus_id: str | None) -> dict:
     return {"local": local, "globus": {"id": globus_id}}
 
 
+def _refresh(cmd: StartCommand, account: Allowed, running: Running) -> Decision:
+    """New credentials for a running user endpoint: only its own account, for its own id."""
+    if running.account != account.name or running.endpoint_id != str(cmd.endpoint_id):
+        return _reject(
+            cmd,
+            "refresh_mismatch",
+            "Invalid server command: a user endpoint of that name already runs for someone else",
+            f"refresh refused: {cmd.name} runs as {running.account!r} for"
+            f" {running.endpoint_id}; the command maps to {account.name!r} for {cmd.endpoint_id}",
+        )
+    return Refresh(cmd)
+
+
 def decide_start(cmd: StartCommand, ctx: DecisionContext) -> Decision:
     """Decide what to do with a well-formed start command."""
-    if cmd.name in ctx.running:
-        return Refresh(cmd)
+    elsewhere = _elsewhere(cmd, ctx)
+    if elsewhere is not None:
+        return elsewhere
     identified = _identify(cmd, ctx)
     if isinstance(identified, Rejection):
         return identified
     account, identity_info = identified
+    if cmd.name in ctx.running:
+        return _refresh(cmd, account, ctx.running[cmd.name])
     limited = _over_limit(cmd, account, ctx)
     if limited:
         return limited
@@ -184,7 +234,7 @@ def decide_start(cmd: StartCommand, ctx: DecisionContext) -> Decision:
 
 def decide(props: Properties, body: bytes, now: float, ctx: DecisionContext) -> Decision:
     """The whole decision for one raw command from the command queue."""
-    parsed = parse_command(props, body, now)
+    parsed = parse_command(props, body, now, ctx.command_sender)
     if isinstance(parsed, Rejection):
         return parsed
     return decide_start(parsed, ctx)

@@ -4,7 +4,9 @@ One thread does everything, in a loop that never blocks for long: consume start
 commands (acked at once, as upstream), decide, act (spawn, refresh credentials,
 or tell the submitter why not), reap children after SIGCHLD, restart those that
 exited cleanly while tasks still wait in their queue, publish heartbeats, copy audit
-records, and reload the identity mapping on SIGHUP. The pieces it acts through
+records, and reload the identity mapping on SIGHUP. The manager talks to the
+broker over its one connection, made from its registration: notices and queue
+depth checks never follow an address a command names. The pieces it acts through
 live elsewhere: :mod:`mep.privilege` for every identity-changing syscall,
 :mod:`mep.children` for the child table, :mod:`mep.notices` for rejections.
 """
@@ -26,7 +28,7 @@ import setproctitle
 from mep import children as child_table
 from mep.audit import AuditLog, AuditWriteError, record_line, session_line
 from mep.command import Properties, Rejection
-from mep.decision import Decision, DecisionContext, LaunchPlan, Refresh, decide
+from mep.decision import Decision, DecisionContext, LaunchPlan, Refresh, Running, decide
 from mep.launch import CredentialChannel
 from mep.notices import send_failure_notice
 from mep.privilege import SpawnError, spawn_user_endpoint
@@ -65,6 +67,7 @@ class Manager:
         self._stop = False
         self._reload = False
         self._next_heartbeat = 0.0
+        self._connection: t.Any = None
         self._channel: t.Any = None
 
     # ---- signals -------------------------------------------------------
@@ -114,6 +117,12 @@ class Manager:
             client_name=f"compute-agent manager {self.reg.endpoint_id}",
         )
         connection = pika.BlockingConnection(params)
+        self._connection = connection
+        if self.reg.command_sender is None:
+            log.warning(
+                "the service does not name its broker account: commands are trusted on the"
+                " broker's permissions alone"
+            )
         try:
             self._channel = connection.channel()
             self._channel.confirm_delivery()
@@ -126,6 +135,7 @@ class Manager:
             self._heartbeat(final=True)
         finally:
             self._channel = None
+            self._connection = None
             if connection.is_open:
                 connection.close()
 
@@ -150,8 +160,10 @@ class Manager:
     # ---- commands ------------------------------------------------------
     def _on_command(self, channel: t.Any, method: t.Any, props: t.Any, body: bytes) -> None:
         channel.basic_ack(method.delivery_tag)
-        properties = Properties(props.content_type, props.timestamp, dict(props.headers or {}))
-        if properties.headers.get("debug"):
+        properties = Properties(
+            props.content_type, props.timestamp, dict(props.headers or {}), props.user_id
+        )
+        if properties.headers.get("debug") and self.reg.command_sender in (None, props.user_id):
             log.info("command received: %s", redact(body.decode("utf-8", "replace")))
         try:
             decision = decide(properties, body, time.time(), self._context())
@@ -162,7 +174,12 @@ class Manager:
             log.exception("unable to handle a start command")
 
     def _context(self) -> DecisionContext:
-        return self.rt.decision_context(self.children.running_users())
+        running = {
+            name: Running(user, str(self.started[name].plan.command.endpoint_id))
+            for name, user in self.children.running_users().items()
+            if name in self.started
+        }
+        return self.rt.decision_context(running, self.reg)
 
     def _act(self, decision: Decision) -> None:
         if isinstance(decision, Rejection):
@@ -174,12 +191,12 @@ class Manager:
 
     def _reject(self, rejection: Rejection) -> None:
         log.warning("start refused [%s]: %s", rejection.check, rejection.admin_message)
-        if rejection.notify is not None and rejection.endpoint_id is not None:
+        if rejection.endpoint_id is not None:
             send_failure_notice(
-                rejection.notify,
+                self._channel,
+                self.reg.heartbeat_queue,
                 rejection.endpoint_id,
                 rejection.user_message,
-                self.rt.config.amqp_port,
             )
 
     def _refresh(self, refresh: Refresh) -> None:
@@ -250,7 +267,6 @@ class Manager:
             check,
             user,
             f"{admin} (user endpoint {plan.command.name}, local user {plan.account.name})",
-            plan.command.amqp_creds.heartbeat_queue_info,
             plan.command.endpoint_id,
         )
 
@@ -287,8 +303,8 @@ class Manager:
 
     def _has_waiting_work(self, started: Started) -> bool:
         """Tasks wait in its queue; if the broker cannot say, a recent start command counts."""
-        queue = started.plan.command.amqp_creds.task_queue_info
-        waiting = waiting_tasks(queue, self.rt.config.amqp_port)
+        queue = started.plan.command.amqp_creds.task_queue_info.queue
+        waiting = waiting_tasks(self._connection, queue)
         if waiting is not None:
             return waiting > 0
         since_request = time.monotonic() - started.last_request_at

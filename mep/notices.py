@@ -1,18 +1,22 @@
 """Telling a submitter why their user endpoint did not start.
 
 The manager cannot answer the SDK directly; it publishes a status report with
-``error`` on the user endpoint's heartbeat queue, and the service fails that
-endpoint's pending tasks with the text. A notice that cannot be delivered is
-logged, never raised: the manager keeps serving everyone else.
+``error`` about that user endpoint, on the manager's own heartbeat route and
+connection (never to a place a command names), and the service fails that
+endpoint's pending tasks with the text: the service accepts a manager's report
+about a user endpoint of its own. A notice that cannot be delivered is logged,
+never raised: the manager keeps serving everyone else.
 """
 
 from __future__ import annotations
 
 import logging
+import typing as t
 import uuid
 
-from wire.amqp import connect, publish_kwargs, redact
-from wire.errors import WireError
+import pika.exceptions
+
+from wire.amqp import publish_kwargs, redact
 from wire.messages import EPStatusReport, pack
 from wire.queue_info import WriteQueueInfo
 
@@ -30,24 +34,15 @@ def notice_body(endpoint_id: uuid.UUID, message: str) -> bytes:
 
 
 def send_failure_notice(
-    queue: WriteQueueInfo, endpoint_id: uuid.UUID, message: str, amqp_port: int | None = None
+    channel: t.Any, route: WriteQueueInfo, endpoint_id: uuid.UUID, message: str
 ) -> bool:
-    """Publish the error report; True once the broker confirmed it."""
-    try:
-        connection = connect(queue.connection_url, port=amqp_port, connection_attempts=1)
-    except WireError as e:
-        log.error("could not send failure notice for %s: %s", endpoint_id, e)
+    """Publish the error report on ``channel``; True once the broker confirmed it."""
+    if channel is None or not channel.is_open:
+        log.error("could not send failure notice for %s: not connected to the broker", endpoint_id)
         return False
     try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        kwargs = publish_kwargs(queue)
-        kwargs.setdefault("mandatory", True)
-        channel.basic_publish(body=notice_body(endpoint_id, message), **kwargs)
+        channel.basic_publish(body=notice_body(endpoint_id, message), **publish_kwargs(route))
         return True
-    except Exception as e:
+    except pika.exceptions.AMQPError as e:
         log.error("could not send failure notice for %s: %s", endpoint_id, redact(str(e)))
         return False
-    finally:
-        if connection.is_open:
-            connection.close()

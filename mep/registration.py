@@ -20,7 +20,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from wire.errors import QueueInfoError
-from wire.queue_info import ReadQueueInfo, WriteQueueInfo
+from wire.queue_info import BrokerAddress, ReadQueueInfo, WriteQueueInfo, rewrite_port
 
 EX_DATAERR, EX_UNAVAILABLE, EX_SOFTWARE, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 65, 69, 70, 75, 77, 78
 PRODUCTION_COMPUTE = "https://compute.api.globus.org"
@@ -40,11 +40,21 @@ class RegistrationError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Registration:
-    """What the service answered: our id and the queues we consume and publish to."""
+    """What the service answered: our id and the queues we consume and publish to.
+
+    ``command_sender`` is the service's broker account, when the service names
+    it (ours does): only commands whose validated ``user_id`` is that account
+    are read. Where to connect, for us and for the user endpoints we start,
+    comes from here and never from a command.
+    """
 
     endpoint_id: uuid.UUID
     command_queue: ReadQueueInfo
     heartbeat_queue: WriteQueueInfo
+    command_sender: str | None = None
+
+    def broker(self, amqp_port: int | None) -> BrokerAddress:
+        return BrokerAddress.of(rewrite_port(self.command_queue.connection_url, amqp_port))
 
 
 def resolve_urls(service_url: str, auth_url: str, environ: Mapping[str, str]) -> tuple[str, str]:
@@ -132,7 +142,14 @@ def parse_registration(answer: Mapping, requested: uuid.UUID | None) -> Registra
         raise RegistrationError(
             EX_SOFTWARE, "registration data lacks heartbeat_queue_info.exchange"
         )
-    return Registration(endpoint_id, command, heartbeat)
+    if BrokerAddress.of(heartbeat.connection_url) != BrokerAddress.of(command.connection_url):
+        raise RegistrationError(
+            EX_SOFTWARE, "registration data names two brokers for commands and heartbeats"
+        )
+    sender = answer.get("command_sender")
+    if sender is not None and (not isinstance(sender, str) or not sender):
+        raise RegistrationError(EX_SOFTWARE, "registration data: command_sender is not a name")
+    return Registration(endpoint_id, command, heartbeat, sender)
 
 
 def read_endpoint_id(endpoint_dir: Path) -> uuid.UUID | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from identity.policy import AccountPolicy, Allowed, check_account, group_lookup
 from identity.reload import MappingSource
 from mep.command import Rejection, StartCommand
-from mep.decision import DecisionContext, LaunchPlan, Limits, RenderedConfig
+from mep.decision import DecisionContext, LaunchPlan, Limits, RenderedConfig, Running
 from mep.launch import (
     CredentialChannel,
     child_environment,
@@ -30,6 +30,7 @@ from mep.launch import (
     stdin_payload,
 )
 from mep.privilege import LocalAccount, SpawnError, SpawnRequest
+from mep.registration import Registration, read_endpoint_id
 from templates.endpoint_dir import user_endpoint_paths
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,6 @@ def read_optional(path: Path | None) -> str | None:
 
 def _known_endpoint_id(endpoint_dir: Path) -> str:
     """Our endpoint id for external mapping programs (``-s``); nil before registration."""
-    from mep.registration import read_endpoint_id
-
     return str(read_endpoint_id(endpoint_dir) or "00000000-0000-0000-0000-000000000000")
 
 
@@ -144,7 +143,9 @@ class Runtime:
             denied_users=tuple(self.config.denied_users),
         )
 
-    def decision_context(self, running: Mapping[str, str]) -> DecisionContext:
+    def decision_context(
+        self, running: Mapping[str, Running], registration: Registration
+    ) -> DecisionContext:
         limits = self.config.limits
         policy = self.policy()
         return DecisionContext(
@@ -156,6 +157,9 @@ class Runtime:
             map_identity=self.mapping.current().map if self.mapping else None,
             owner=self.owner,
             owner_identities=self.owner_identities,
+            broker=registration.broker(self.config.amqp_port),
+            amqp_port=self.config.amqp_port,
+            command_sender=registration.command_sender,
         )
 
     def render(
@@ -164,9 +168,7 @@ class Runtime:
         from templates.rendering import RenderError, render_user_config
 
         def refuse(check: str, user: str, admin: str) -> Rejection:
-            return Rejection(
-                check, user, admin, cmd.amqp_creds.heartbeat_queue_info, cmd.endpoint_id
-            )
+            return Rejection(check, user, admin, cmd.endpoint_id)
 
         template = read_optional(self.config.user_config_template_path)
         if template is None:

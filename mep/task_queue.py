@@ -2,36 +2,35 @@
 
 The broker knows: tasks published to the endpoint's queue and not yet taken
 (including any it held unacked, which return to the queue when it goes) are
-the queue's message count. Asking is one passive declare on the endpoint's own
-credentials; None means the broker could not be asked.
+the queue's message count. Asking is one passive declare, on a short-lived
+channel of the manager's own connection (a passive declare needs no
+permission; a missing queue closes only that channel). None means the broker
+could not be asked.
 """
 
 from __future__ import annotations
 
 import logging
+import typing as t
 
 import pika.exceptions
 
-from wire.amqp import connect, redact
-from wire.errors import WireError
-from wire.queue_info import ReadQueueInfo
+from wire.amqp import redact
 
 log = logging.getLogger(__name__)
 
 
-def waiting_tasks(queue: ReadQueueInfo, amqp_port: int | None = None) -> int | None:
+def waiting_tasks(connection: t.Any, queue: str) -> int | None:
     """How many tasks wait in ``queue``, or None if the broker cannot tell us."""
-    try:
-        connection = connect(queue.connection_url, port=amqp_port, connection_attempts=1)
-    except WireError as e:
-        log.warning("cannot ask the broker about %s: %s", queue.queue, e)
+    if connection is None or not connection.is_open:
         return None
+    channel = None
     try:
-        declared = connection.channel().queue_declare(queue.queue, passive=True)
-        return declared.method.message_count
+        channel = connection.channel()
+        return channel.queue_declare(queue, passive=True).method.message_count
     except pika.exceptions.AMQPError as e:
-        log.warning("cannot ask the broker about %s: %s", queue.queue, redact(str(e)))
+        log.warning("cannot ask the broker about %s: %s", queue, redact(str(e)))
         return None
     finally:
-        if connection.is_open:
-            connection.close()
+        if channel is not None and channel.is_open:
+            channel.close()

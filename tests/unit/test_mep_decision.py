@@ -17,8 +17,10 @@ from mep.decision import (
     Limits,
     Refresh,
     RenderedConfig,
+    Running,
     decide,
 )
+from wire.queue_info import BrokerAddress
 
 NOW = 1_800_000_000
 UEP_ID = uuid.uuid4()
@@ -118,9 +120,80 @@ def test_a_linked_identity_can_match_when_the_first_cannot():
 
 
 def test_running_name_refreshes_instead_of_launching():
-    decision = decide(props(), body(), NOW, context(running={"uep.x.1": "alice"}))
+    running = {"uep.x.1": Running("alice", str(UEP_ID))}
+    decision = decide(props(), body(), NOW, context(running=running))
     assert isinstance(decision, Refresh)
     assert decision.command.amqp_creds.endpoint_id == UEP_ID
+
+
+def test_a_refresh_is_mapped_and_checked_like_a_start():
+    """A command naming alice's running endpoint changes nothing unless it maps to alice."""
+    running = {"uep.x.1": Running("alice", str(UEP_ID))}
+    as_bob = decide(props(), body(globus_identity_set=[BOB]), NOW, context(running=running))
+    decision = rejected(as_bob, "refresh_mismatch")
+    assert "alice" not in decision.user_message and "'alice'" in decision.admin_message
+    other_id = {"uep.x.1": Running("alice", str(uuid.uuid4()))}
+    rejected(decide(props(), body(), NOW, context(running=other_id)), "refresh_mismatch")
+    stranger = {"id": "s0", "sub": "s0", "username": "s@elsewhere.com", "status": "used"}
+    unmapped = decide(props(), body(globus_identity_set=[stranger]), NOW, context(running=running))
+    rejected(unmapped, "identity_mapping")
+    root = {"id": "r0", "sub": "r0", "username": "root@root.x", "status": "used"}
+    rejected(
+        decide(props(), body(globus_identity_set=[root]), NOW, context(running=running)),
+        "policy:superuser",
+    )
+
+
+OUR_BROKER = BrokerAddress.of(URL)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "amqp://u:secretpw@evil.example.org:5672/%2F",
+        "amqp://u:secretpw@127.0.0.1:5673/%2F",
+        "amqp://u:secretpw@127.0.0.1:5672/other",
+        "amqps://u:secretpw@127.0.0.1:5672/%2F",
+    ],
+)
+@pytest.mark.parametrize("key", ["task_queue_info", "result_queue_info", "heartbeat_queue_info"])
+def test_credentials_for_another_broker_are_refused(url, key):
+    elsewhere = creds()
+    elsewhere[key] = dict(elsewhere[key], connection_url=url)
+    kwargs = {"name": "uep.x.1", "amqp_creds": elsewhere}
+    decision = decide(props(), body(kwargs=kwargs), NOW, context(broker=OUR_BROKER))
+    assert "evil" not in rejected(decision, "broker").user_message
+    assert decision.endpoint_id == UEP_ID
+
+
+def test_our_broker_under_the_configured_port_is_ours():
+    ctx = context(broker=BrokerAddress.of("amqp://x@127.0.0.1:5999/%2F"), amqp_port=5999)
+    assert isinstance(decide(props(), body(), NOW, ctx), LaunchPlan)
+
+
+@pytest.mark.parametrize(
+    ("query", "why"),
+    [
+        ("ssl_options=%7B%27certfile%27%3A%27%2Froot%2Fk%27%7D", "'ssl_options' is not allowed"),
+        ("socket_timeout=99999", "'socket_timeout' is not allowed"),
+        ("heartbeat=99999", "whole number up to 3600"),
+        ("heartbeat=x", "whole number"),
+    ],
+)
+def test_urls_that_change_connection_settings_are_refused(query, why):
+    bad = creds()
+    bad["task_queue_info"]["connection_url"] = URL + "?" + query
+    decision = decide(props(), body(kwargs={"name": "uep.x.1", "amqp_creds": bad}), NOW, context())
+    assert why in rejected(decision, "kwargs").user_message
+
+
+@pytest.mark.parametrize("user_id", [None, "guest", "uep.someone", "svc "])
+def test_commands_not_from_the_service_are_dropped_unanswered(user_id):
+    decision = decide(props(user_id=user_id), body(), NOW, context(command_sender="svc"))
+    assert rejected(decision, "sender").endpoint_id is None
+    assert isinstance(
+        decide(props(user_id="svc"), body(), NOW, context(command_sender="svc")), LaunchPlan
+    )
 
 
 def rejected(decision, check):
@@ -173,11 +246,11 @@ def test_missing_identity_field_is_named():
     assert "globus_username" in decision.user_message
 
 
-def test_rejections_after_parsing_reply_on_the_ueps_heartbeat_queue():
+def test_rejections_after_parsing_name_the_user_endpoint_to_tell():
     decision = rejected(decide(props(timestamp=NOW - 999), body(), NOW, context()), "timestamp")
-    assert decision.notify.queue == "heartbeats" and decision.endpoint_id == UEP_ID
+    assert decision.endpoint_id == UEP_ID
     early = rejected(decide(props(content_type=None), body(), NOW, context()), "content_type")
-    assert early.notify is None
+    assert early.endpoint_id is None
 
 
 @pytest.mark.parametrize(
@@ -211,17 +284,27 @@ def test_manager_own_uid_is_refused():
 
 
 def test_per_user_and_total_limits():
-    one_running = {"uep.other": "alice"}
+    one_running = {"uep.other": Running("alice", "e1")}
     rejected(
         decide(props(), body(), NOW, context(running=one_running, limits=Limits(per_user=1))),
         "limit_per_user",
     )
     assert isinstance(
-        decide(props(), body(), NOW, context(running={"uep.b": "bob"}, limits=Limits(per_user=1))),
+        decide(
+            props(),
+            body(),
+            NOW,
+            context(running={"uep.b": Running("bob", "e2")}, limits=Limits(per_user=1)),
+        ),
         LaunchPlan,
     )
     rejected(
-        decide(props(), body(), NOW, context(running={"uep.b": "bob"}, limits=Limits(total=1))),
+        decide(
+            props(),
+            body(),
+            NOW,
+            context(running={"uep.b": Running("bob", "e2")}, limits=Limits(total=1)),
+        ),
         "limit_total",
     )
 

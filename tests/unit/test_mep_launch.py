@@ -187,6 +187,21 @@ def test_registration_answer_is_checked():
         parse_registration(broken, None)
 
 
+def test_registration_names_the_command_sender_and_one_broker():
+    eid = uuid.uuid4()
+    answer = dict(registration_answer(eid), command_sender="compute-service")
+    registration = parse_registration(answer, eid)
+    assert registration.command_sender == "compute-service"
+    assert parse_registration(registration_answer(eid), eid).command_sender is None
+    assert registration.broker(5999).port == 5999
+    with pytest.raises(RegistrationError, match="command_sender is not a name"):
+        parse_registration(dict(answer, command_sender=""), eid)
+    split = registration_answer(eid)
+    split["heartbeat_queue_info"]["connection_url"] = "amqp://u:p@elsewhere.org/"
+    with pytest.raises(RegistrationError, match="two brokers"):
+        parse_registration(split, eid)
+
+
 def test_registration_body_includes_only_what_is_set():
     config = SimpleNamespace(
         public=True,
