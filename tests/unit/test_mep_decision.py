@@ -132,6 +132,7 @@ def test_a_refresh_is_mapped_and_checked_like_a_start():
     as_bob = decide(props(), body(globus_identity_set=[BOB]), NOW, context(running=running))
     decision = rejected(as_bob, "refresh_mismatch")
     assert "alice" not in decision.user_message and "'alice'" in decision.admin_message
+    assert decision.endpoint_id is None  # telling "the submitter" would fail alice's tasks
     other_id = {"uep.x.1": Running("alice", str(uuid.uuid4()))}
     rejected(decide(props(), body(), NOW, context(running=other_id)), "refresh_mismatch")
     stranger = {"id": "s0", "sub": "s0", "username": "s@elsewhere.com", "status": "used"}
