@@ -78,6 +78,21 @@ def official_scenario(endpoint_id: str) -> dict:
     return out
 
 
+def access_scenario(endpoint_id: str, allowed_id: str) -> dict:
+    """An endpoint restricted to one function: what the SDK shows and what it refuses."""
+    out = {"allowed_functions": Client().get_allowed_functions(endpoint_id)}
+    with Executor(endpoint_id=endpoint_id) as ex:
+        out["allowed"] = ex.submit_to_registered_function(allowed_id, args=(1, 2)).result(
+            timeout=60
+        )
+        try:
+            ex.submit(boom, "never runs").result(timeout=60)
+            out["refused"] = None
+        except Exception as e:
+            out["refused"] = f"{type(e).__name__}: {e}"
+    return out
+
+
 if __name__ == "__main__":
-    scenario, endpoint = sys.argv[1], sys.argv[2]
-    print(json.dumps(globals()[f"{scenario}_scenario"](endpoint)))
+    scenario, endpoint, *rest = sys.argv[1:]
+    print(json.dumps(globals()[f"{scenario}_scenario"](endpoint, *rest)))

@@ -35,7 +35,7 @@ def endpoint(compute_service, alice):
     assert not ep.errors, ep.errors
 
 
-def run_sdk(service, client: dict, scenario: str, endpoint_id: str, tmp_path) -> dict:
+def run_sdk(service, client: dict, scenario: str, endpoint_id: str, tmp_path, *args: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GLOBUS_", "PYTHONPATH"))}
     env.update(
         GLOBUS_SDK_ENVIRONMENT="local",
@@ -45,7 +45,7 @@ def run_sdk(service, client: dict, scenario: str, endpoint_id: str, tmp_path) ->
         GLOBUS_COMPUTE_USER_DIR=str(tmp_path / "gc-user"),
     )
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), scenario, endpoint_id],
+        [sys.executable, str(SCRIPT), scenario, endpoint_id, *args],
         env=env,
         capture_output=True,
         text=True,
@@ -113,3 +113,29 @@ def test_same_person_and_config_reach_the_same_user_endpoint(
     }
     assert len(names) == 1
     assert len({c["kwargs"]["name"] for c in endpoint.commands}) >= 2
+
+
+def test_allowed_functions_as_the_sdk_sees_and_meets_them(
+    compute_service, alice, endpoint, tmp_path
+):
+    from wire import serializer
+
+    code = serializer.pack_buffers([serializer.serialize(lambda a, b: a + b)])
+    with compute_service.api(compute_service.token(alice)) as api:
+        fid = api.post("/v3/functions", json={"function_name": "plus", "function_code": code})
+        fid = fid.json()["function_uuid"]
+        route = f"/v3/endpoints/{endpoint.endpoint_id}/allowed_functions"
+        assert api.put(route, json={"functions": [fid]}).status_code == 200
+        try:
+            out = run_sdk(compute_service, alice, "access", endpoint.endpoint_id, tmp_path, fid)
+        finally:
+            api.put(route, json={"functions": []})
+    assert out["allowed_functions"] == {
+        "endpoint_id": endpoint.endpoint_id,
+        "restricted": True,
+        "functions": [fid],
+    }
+    assert out["allowed"] == 3
+    assert (
+        "FUNCTION_NOT_PERMITTED" in out["refused"] and "not allowed on endpoint" in out["refused"]
+    )
