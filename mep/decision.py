@@ -200,13 +200,16 @@ def mapped_identity(account: Allowed, globus_id: str | None) -> dict:
 def _refresh(cmd: StartCommand, account: Allowed, running: Running) -> Decision:
     """New credentials for a running user endpoint: only its own account, for its own id."""
     if running.account != account.name or running.endpoint_id != str(cmd.endpoint_id):
-        return _reject(
+        refused = _reject(
             cmd,
             "refresh_mismatch",
             "Invalid server command: a user endpoint of that name already runs for someone else",
             f"refresh refused: {cmd.name} runs as {running.account!r} for"
             f" {running.endpoint_id}; the command maps to {account.name!r} for {cmd.endpoint_id}",
         )
+        # Nobody is told: a report about the running endpoint's id would fail
+        # its owner's waiting tasks, and the command's own claims are what is wrong.
+        return dataclasses.replace(refused, endpoint_id=None)
     return Refresh(cmd)
 
 

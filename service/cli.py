@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -62,6 +63,19 @@ def open_database(db: str):
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         typer.echo(f"cannot open the database {shown}: {reason}", err=True)
         raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def database(db: str, write: bool = False):
+    """One session on ``db`` (a transaction committed on success when ``write``), then close."""
+    from service import store
+
+    sessions = open_database(db)
+    try:
+        with sessions.begin() if write else sessions() as s:
+            yield s
+    finally:
+        store.dispose(sessions)
 
 
 @app.callback()
@@ -170,17 +184,15 @@ def client_add(
     db: str = DbOption,
 ) -> None:
     """Create a client; prints its id, secret (shown once) and identity id as JSON."""
-    from service import auth, store
+    from service import auth
 
-    sessions = open_database(db)
-    with sessions.begin() as s:
+    with database(db, write=True) as s:
         client, secret = auth.add_client(s, username, linked, email)
         doc = {
             "client_id": client.client_id,
             "client_secret": secret,
             "identity_id": client.identity_id,
         }
-    store.dispose(sessions)
     typer.echo(json.dumps(doc))
 
 
@@ -191,12 +203,10 @@ def client_list(db: str = DbOption) -> None:
 
     from service import auth, schema, store
 
-    sessions = open_database(db)
-    with sessions() as s:
+    with database(db) as s:
         for client in s.scalars(select(schema.ApiClient).order_by(schema.ApiClient.created)):
             identities = [auth.identity_doc(i) for i in store.identity_set(s, client)]
             typer.echo(json.dumps({"client_id": client.client_id, "identities": identities}))
-    store.dispose(sessions)
 
 
 @client_app.command("remove")
@@ -210,33 +220,30 @@ def client_remove(
     amqp_prefix: str = typer.Option("", help="The service's --amqp-prefix."),
 ) -> None:
     """Remove a client, revoke its tokens and its broker account."""
-    from service import broker_accounts, schema, store
+    from service import broker_accounts, schema
     from service.broker_admin import BrokerAdmin, BrokerAdminError
     from service.routing import Topology
 
-    sessions = open_database(db)
-    with sessions.begin() as s:
+    with database(db, write=True) as s:
         client = s.get(schema.ApiClient, client_id)
         if client is not None:
             s.query(schema.AccessToken).filter_by(client_id=client_id).delete()
             s.delete(client)
-    store.dispose(sessions)
     if client is None:
         typer.echo(f"no client {client_id}", err=True)
         raise typer.Exit(1)
     typer.echo(f"removed client {client_id}")
     account = broker_accounts.username(Topology("", amqp_prefix), broker_accounts.SDK, client_id)
+    later = f"the running service removes its broker account {account} within 10 minutes"
+    if not amqp_url:
+        typer.echo(f"{later} (give --amqp-url to remove it now)", err=True)
+        return
     try:
-        if not amqp_url:
-            raise BrokerAdminError("no --amqp-url given")
         BrokerAdmin.for_url(amqp_url, broker_api or None).remove(account)
-        typer.echo(f"removed its broker account {account}")
     except BrokerAdminError as e:
-        typer.echo(
-            f"its broker account {account} is removed by the running service within"
-            f" 10 minutes ({e})",
-            err=True,
-        )
+        typer.echo(f"{e}; {later}", err=True)
+        return
+    typer.echo(f"removed its broker account {account}")
 
 
 @app.command()
@@ -244,8 +251,7 @@ def status(db: str = DbOption) -> None:
     """What the service refused: messages dropped by kind and reason, as JSON lines."""
     from service import store
 
-    sessions = open_database(db)
-    with sessions() as s:
+    with database(db) as s:
         for row in store.dropped_counts(s):
             doc = {
                 "kind": row.kind,
@@ -255,7 +261,6 @@ def status(db: str = DbOption) -> None:
                 "last_detail": row.last_detail,
             }
             typer.echo(json.dumps(doc))
-    store.dispose(sessions)
 
 
 def policy_doc(policy) -> dict:
@@ -289,13 +294,12 @@ def policy_add(
     """Create a policy; prints it as JSON (put its id in an endpoint's authentication_policy)."""
     import uuid
 
-    from service import schema, store
+    from service import schema
 
     if timeout <= 0:
         typer.echo("--timeout must be a positive number of seconds", err=True)
         raise typer.Exit(2)
-    sessions = open_database(db)
-    with sessions.begin() as s:
+    with database(db, write=True) as s:
         policy = schema.AuthPolicy(
             id=str(uuid.uuid4()),
             display_name=name,
@@ -307,7 +311,6 @@ def policy_add(
         )
         s.add(policy)
         doc = policy_doc(policy)
-    store.dispose(sessions)
     typer.echo(json.dumps(doc))
 
 
@@ -316,13 +319,11 @@ def policy_list(db: str = DbOption) -> None:
     """List policies as JSON lines."""
     from sqlalchemy import select
 
-    from service import schema, store
+    from service import schema
 
-    sessions = open_database(db)
-    with sessions() as s:
+    with database(db) as s:
         for policy in s.scalars(select(schema.AuthPolicy).order_by(schema.AuthPolicy.created)):
             typer.echo(json.dumps(policy_doc(policy)))
-    store.dispose(sessions)
 
 
 @policy_app.command("remove")
@@ -330,17 +331,15 @@ def policy_remove(policy_id: str = typer.Argument(...), db: str = DbOption) -> N
     """Remove a policy no endpoint names any more."""
     from sqlalchemy import select
 
-    from service import schema, store
+    from service import schema
 
-    sessions = open_database(db)
-    with sessions.begin() as s:
+    with database(db, write=True) as s:
         policy = s.get(schema.AuthPolicy, policy_id)
         users = s.scalars(
             select(schema.Endpoint.id).where(schema.Endpoint.authentication_policy == policy_id)
         ).all()
         if policy is not None and not users:
             s.delete(policy)
-    store.dispose(sessions)
     if policy is None:
         typer.echo(f"no policy {policy_id}", err=True)
         raise typer.Exit(1)

@@ -191,6 +191,22 @@ def test_the_sweeper_removes_a_removed_clients_account_on_its_second_pass(tmp_pa
         store.dispose(sessions)
 
 
+def test_removing_a_client_can_remove_its_broker_account_at_once(
+    api_service, rabbit_vhost, service_cli
+):
+    client = api_service.add_client(f"lu-{uuid.uuid4().hex[:6]}@uni.edu")
+    with api_service.api(api_service.token(client)) as api:
+        url = api.get("/v2/get_amqp_result_connection_url").json()["connection_url"]
+    assert refused(url, lambda ch: None) == ""
+    args = ("client", "remove", client["client_id"], "--db", api_service.db_url)
+    done = service_cli(*args, "--amqp-url", rabbit_vhost, "--amqp-prefix", "api.")
+    assert done.returncode == 0, done.stderr
+    assert f"removed its broker account api.sdk.{client['client_id']}" in done.stdout
+    assert "no connection" in refused(url, lambda ch: None)
+    again = service_cli(*args)
+    assert again.returncode == 1 and "no client" in again.stderr
+
+
 def test_load_key_is_made_once_and_kept(tmp_path):
     from service import store
 
