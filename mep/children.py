@@ -6,17 +6,21 @@ in one place. Children are waited for by pid, never with ``waitpid(-1)``: that
 would steal the exit status of processes other code waits for (subprocess
 runs of external identity mappers, signal helpers).
 
-Stopping sends SIGTERM to the user endpoint's process group, waits the grace
-period, then SIGKILL to the group, both through
-:func:`mep.privilege.signal_as_user`. The exit is observed with ``WNOWAIT`` so
-the zombie still holds the group id while the final SIGKILL sweeps stragglers:
-the id cannot be recycled in between.
+Stopping sends SIGTERM to the user endpoint itself (our unreaped child, so its
+pid cannot have been recycled), waits the grace period, then SIGKILL to its
+process group through :func:`mep.privilege.signal_as_user`. Only the user
+endpoint is asked to stop: the processes of its engine (a Parsl interchange
+shares its process group) must keep serving while it finishes running tasks;
+its cgroup (:mod:`mep.containment`) takes whatever is left afterwards. The
+exit is observed with ``WNOWAIT`` so the zombie still holds the group id while
+the final SIGKILL sweeps stragglers: the id cannot be recycled in between.
 
 Not thread-safe: call it from the manager's loop only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -138,6 +142,31 @@ class ChildTable:
         self._exited.append(record)
         return True
 
+    # ---- orphans (no cgroups: the manager is their subreaper) ----------
+    def reap_orphans(self, everyone: bool = False) -> list[int]:
+        """Kill and reap processes reparented to us, once their account runs no user endpoint.
+
+        Without cgroups a user endpoint's descendants that outlive their parent
+        (provider blocks, daemons) are reparented to the manager, a child
+        subreaper. Being our unreaped children, their pids cannot be recycled,
+        so root may signal them directly. ``everyone`` (at stop) spares none.
+        """
+        known = {c.spawned.pid for c in self._children.values()}
+        busy = set() if everyone else {c.spawned.account.uid for c in self._children.values()}
+        reaped = []
+        for pid, uid, zombie in _adopted(os.getpid(), known):
+            if not zombie and uid in busy:
+                continue
+            if not zombie:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            reaped.append(pid)
+        if reaped:
+            log.info("killed and reaped %d orphaned process(es) of user endpoints", len(reaped))
+        return reaped
+
     # ---- stopping ------------------------------------------------------
     def stop(self, name: str, grace_s: float) -> bool:
         """SIGTERM, grace, SIGKILL; True once gone. The exit comes out of the next reap()."""
@@ -160,7 +189,9 @@ class ChildTable:
     def _stop_group(self, children: list[Child], grace_s: float) -> list[Child]:
         for child in children:
             child.stop_requested = True
-            self._signal(child, signal.SIGTERM)
+            if not _has_exited(child):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.spawned.pid, signal.SIGTERM)
         self._wait(children, grace_s, _has_exited)
         for child in children:
             self._signal(child, signal.SIGKILL)
@@ -224,6 +255,24 @@ class ChildTable:
         else:
             self._history[name] = decision.history
         return decision
+
+
+def _adopted(parent: int, known: set[int]) -> list[tuple[int, int, bool]]:
+    """(pid, uid, is zombie) of every child of ``parent`` that the table did not start."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in known:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+        if int(status.get("PPid", "0").strip() or 0) != parent:
+            continue
+        zombie = status.get("State", "").strip().startswith("Z")
+        found.append((int(entry.name), int(status["Uid"].split()[0]), zombie))
+    return found
 
 
 def _has_exited(child: Child) -> bool:

@@ -30,7 +30,7 @@ EXIT_CODES = (
     " 70 unexpected service answer; 73 already running; 75 service unreachable;"
     " 77 credentials refused or file unreadable; 78 configuration error."
 )
-STOP_WAIT_S = 30.0
+STOP_WAIT_S = 60.0  # the manager's own grace (25 s) and cgroup release, with room
 log = logging.getLogger("mep")
 
 

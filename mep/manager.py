@@ -28,6 +28,7 @@ import setproctitle
 from mep import children as child_table
 from mep.audit import AuditLog, AuditWriteError, record_line, session_line
 from mep.command import Properties, Rejection
+from mep.containment import Containment, ContainmentError, current_layout
 from mep.decision import Decision, DecisionContext, LaunchPlan, Refresh, Running, decide
 from mep.launch import CredentialChannel
 from mep.notices import send_failure_notice
@@ -38,7 +39,13 @@ from wire.amqp import connection_parameters, publish_kwargs, redact
 from wire.messages import EPStatusReport, pack
 
 log = logging.getLogger(__name__)
-STOP_GRACE_S = 10.0
+# Longer than a user endpoint's own stop (its 10 s grace for running tasks, then
+# answering what did not finish), so no task is left unanswered by a manager stop.
+STOP_GRACE_S = 25.0
+CONTAINMENT_FAILED = (
+    "the endpoint host could not set up your user endpoint's resources;"
+    " please contact the endpoint administrator"
+)
 LOOP_TICK_S = 0.5
 STATUS_FILE = "status.json"
 
@@ -64,6 +71,9 @@ class Manager:
         self.pending_restarts: dict[str, float] = {}
         self.restart_plans: dict[str, LaunchPlan] = {}
         self.audit: AuditLog | None = None
+        self.containment = Containment(
+            current_layout(), str(registration.endpoint_id), runtime.config.limits
+        )
         self._stop = False
         self._reload = False
         self._next_heartbeat = 0.0
@@ -85,6 +95,12 @@ class Manager:
     def run(self) -> int:
         self._install_signals()
         self._title("running")
+        self.containment.prepare()
+        self.containment.start_warden()
+        log.info(
+            "user endpoints are contained in %s",
+            self.containment.unified_base or "no cgroup (this manager is their subreaper)",
+        )
         if self.rt.config.audit_log_path:
             self.audit = AuditLog(self.rt.config.audit_log_path)
             self.audit.write(
@@ -148,6 +164,8 @@ class Manager:
     def _housekeeping(self, heartbeats: bool = True) -> None:
         for exited in self.children.reap():
             self._on_exit(exited)
+        if not self.containment.contained:
+            self.children.reap_orphans()
         if self._reload:
             self._reload = False
             self.rt.reload()
@@ -219,23 +237,30 @@ class Manager:
                 )
             )
             return
+        try:
+            join = self.containment.cell(plan.account.name, name).join_fds()
+        except ContainmentError as e:
+            self.containment.release(name)
+            self._reject(self._plan_rejection(plan, "containment", CONTAINMENT_FAILED, str(e)))
+            return
         credentials = CredentialChannel(name, plan.command.amqp_creds)
         audit_w = None
         if self.audit:
             audit_r, audit_w = self.audit.open_pipe()
         try:
-            request = self.rt.spawn_request(plan, credentials, audit_w)
+            request = self.rt.spawn_request(plan, credentials, audit_w, join)
             spawned = spawn_user_endpoint(request)
         except SpawnError as e:
             credentials.close()
+            self.containment.release(name)
             self.children.after_start_failure(name)
             self._reject(
                 self._plan_rejection(plan, f"spawn:{e.step}", e.user_message, e.admin_message)
             )
             return
         finally:
-            if audit_w is not None:
-                os.close(audit_w)
+            for fd in (*join, *(() if audit_w is None else (audit_w,))):
+                os.close(fd)
         credentials.close_child_end()
         now = time.monotonic()
         self.children.add(name, spawned)
@@ -274,6 +299,7 @@ class Manager:
     def _on_exit(self, exited: t.Any) -> None:
         started = self.started.pop(exited.name, None)
         log.info("user endpoint %s (pid %d) exited: %s", exited.name, exited.pid, exited.describe())
+        self.containment.release(exited.name)
         if started is None:
             return
         started.credentials.close()
@@ -372,6 +398,9 @@ class Manager:
         self.children.stop_all(STOP_GRACE_S)
         for exited in self.children.reap():
             log.info("user endpoint %s stopped: %s", exited.name, exited.describe())
+        self.containment.close()
+        if not self.containment.contained:
+            self.children.reap_orphans(everyone=True)
         for started in self.started.values():
             started.credentials.close()
         self.started.clear()

@@ -76,6 +76,7 @@ class SpawnRequest:
     use_pam: bool = False
     pam_service: str = "compute-agent"
     extra_fds: tuple[int, ...] = ()
+    cgroup_fds: tuple[int, ...] = ()  # cgroup.procs files the user endpoint joins, as root
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ _USER_HINTS = {
     "log dir": "the user endpoint's directory could not be created in your home",
     "open log": "the user endpoint's log file could not be opened",
     "exec": "the user endpoint program could not be executed",
+    "join cgroup": "the endpoint host could not set up your user endpoint's resources",
     "timeout": "the user endpoint took too long to start",
     "prepare": "the endpoint host is short of resources",
     "fork": "the endpoint host is short of resources",
@@ -185,8 +187,8 @@ def _check_request(req: SpawnRequest) -> tuple[str, str] | None:
     acct = req.account
     if not req.argv or not os.path.isabs(req.argv[0]):
         return "request", f"argv[0] must be an absolute path, got {list(req.argv)!r}"
-    if any(fd < 3 for fd in req.extra_fds):
-        return "request", f"extra_fds must be >= 3, got {req.extra_fds!r}"
+    if any(fd < 3 for fd in (*req.extra_fds, *req.cgroup_fds)):
+        return "request", f"descriptors must be >= 3, got {req.extra_fds!r} {req.cgroup_fds!r}"
     if not os.path.isabs(req.log_dir) or "/" in req.log_name or req.log_name in ("", ".", ".."):
         return "request", f"bad log location {req.log_dir!r} / {req.log_name!r}"
     if any("=" in k or "\0" in k + v for k, v in req.env.items()):
@@ -284,7 +286,7 @@ def _run_steps(status_w: int, steps: list[tuple[str, Callable[[], object]]]) -> 
 def _run_child(req: SpawnRequest, status_w: int, payload_fd: int, parent: int, pam) -> None:
     """The forked child: never returns (it execs, or reports and exits)."""
     try:
-        keep = {status_w, payload_fd, *req.extra_fds}
+        keep = {status_w, payload_fd, *req.extra_fds, *req.cgroup_fds}
         _run_steps(
             status_w,
             [
@@ -324,7 +326,7 @@ def _hold_pam_session(req: SpawnRequest, status_w: int, payload_fd: int, parent:
         _run_steps(status_w, _drop_steps(req, payload_fd, holder, pam))
         os._exit(_FAILED)
     os.write(status_w, f"pid\0{pid}\0\n".encode())
-    for fd in (status_w, payload_fd, *req.extra_fds):
+    for fd in (status_w, payload_fd, *req.extra_fds, *req.cgroup_fds):
         os.close(fd)
     status = _wait_forwarding_stop(pid)
     pam.close()
@@ -338,8 +340,8 @@ def _title(text: str) -> None:
         module.setproctitle(text)
 
 
-def _wait_forwarding_stop(pid: int, grace_s: float = 10.0) -> int:
-    """Wait for the user endpoint; a SIGTERM to the holder stops its group (TERM, then KILL)."""
+def _wait_forwarding_stop(pid: int, grace_s: float = 30.0) -> int:
+    """Wait for the user endpoint; a SIGTERM to the holder stops it (TERM, then KILL its group)."""
     kill_at = None
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
@@ -348,7 +350,8 @@ def _wait_forwarding_stop(pid: int, grace_s: float = 10.0) -> int:
         info = signal.sigtimedwait({signal.SIGTERM, signal.SIGCHLD}, 0.5)
         if info is not None and info.si_signo == signal.SIGTERM and kill_at is None:
             kill_at = time.monotonic() + grace_s
-            _killpg_quietly(pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)  # our unreaped child: not recyclable
         if kill_at is not None and time.monotonic() >= kill_at:
             _killpg_quietly(pid, signal.SIGKILL)
 
@@ -374,7 +377,10 @@ def _drop_steps(req: SpawnRequest, payload_fd: int, parent: int, pam) -> list:
     acct = req.account
     log_fd: list[int] = []
     drop = os.geteuid() == 0 or acct.uid != os.getuid()
-    steps: list[tuple[str, Callable[[], object]]] = [("reset signals", _reset_signals)]
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("join cgroup", lambda: _join_cgroups(req.cgroup_fds)),
+        ("reset signals", _reset_signals),
+    ]
     if drop:
         steps += [
             ("setresgid", lambda: os.setresgid(acct.gid, acct.gid, acct.gid)),
@@ -396,6 +402,13 @@ def _drop_steps(req: SpawnRequest, payload_fd: int, parent: int, pam) -> list:
         ("exec", lambda: os.execve(req.argv[0], list(req.argv), req.env)),
     ]
     return steps
+
+
+def _join_cgroups(fds: tuple[int, ...]) -> None:
+    """Move this process into its user endpoint's cgroups before it can start anything."""
+    for fd in fds:
+        os.write(fd, b"0")
+        os.close(fd)
 
 
 def _reset_signals() -> None:

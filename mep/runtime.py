@@ -204,7 +204,11 @@ class Runtime:
 
     # ---- acting --------------------------------------------------------
     def spawn_request(
-        self, plan: LaunchPlan, credentials: CredentialChannel, audit_fd: int | None
+        self,
+        plan: LaunchPlan,
+        credentials: CredentialChannel,
+        audit_fd: int | None,
+        cgroup_fds: tuple[int, ...] = (),
     ) -> SpawnRequest:
         source = str(self.config.user_environment_path)
         user_env, warning = parse_user_environment(
@@ -246,4 +250,5 @@ class Runtime:
             use_pam=self.config.pam.enable,
             pam_service=self.config.pam.service_name,
             extra_fds=tuple(fd for fd in (credentials.child_fd, audit_fd) if fd is not None),
+            cgroup_fds=cgroup_fds,
         )

@@ -118,6 +118,26 @@ def http_url(value: t.Any, where: Where) -> str:
     return value.rstrip("/")
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def byte_size(value: t.Any, where: Where) -> int:
+    """A size in bytes: a whole number, or text such as ``512M``, ``8G`` (powers of 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        amount, unit = value, ""
+    else:
+        text = string(value, where).strip().upper().removesuffix("B").removesuffix("I")
+        unit = text[-1:] if text[-1:] in _UNITS else ""
+        amount = text[: len(text) - len(unit)].strip()
+        if not amount.isdigit():
+            where.fail(f"expected a size such as 512M or 8G, got {shown(value)}")
+        amount = int(amount)
+    size = amount * _UNITS[unit]
+    if size < 1 << 20:
+        where.fail(f"must be at least 1M, got {shown(value)}")
+    return size
+
+
 def port(value: t.Any, where: Where) -> int:
     return integer(1, 65535)(value, where)
 

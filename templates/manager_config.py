@@ -39,10 +39,13 @@ class PamConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """How many user endpoints may run at once; None means no limit."""
+    """How many user endpoints may run at once, and what all of one local account's
+    user endpoints together (and everything they start) may use; None means no limit."""
 
     max_user_endpoints_per_user: int | None = 10
     max_user_endpoints: int | None = None
+    memory_per_user: int | None = None
+    processes_per_user: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +185,8 @@ def _readers(base: Path) -> dict[str, f.Reader]:
             {
                 "max_user_endpoints_per_user": f.optional(f.integer(minimum=1)),
                 "max_user_endpoints": f.optional(f.integer(minimum=1)),
+                "memory_per_user": f.optional(f.byte_size),
+                "processes_per_user": f.optional(f.integer(minimum=8)),
             },
         ),
     }

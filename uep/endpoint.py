@@ -220,11 +220,14 @@ class UserEndpoint:
             self.store.add_results([(tid, self._lost(tid, why)) for tid, _b, _h in unfinished])
 
     def heartbeat_state(self, active: bool) -> dict:
+        """What a heartbeat says; a goodbye (``active`` false) skips the engine's figures,
+        which a stopping engine may no longer be able to give."""
+        state = {"engine_type": self.engine.type_name}
         try:
-            state = json.loads(json.dumps(self.engine.status(), default=str))
+            if active:
+                state = json.loads(json.dumps(self.engine.status(), default=str))
         except Exception:
             log.exception("engine status unavailable")
-            state = {"engine_type": self.engine.type_name}
         state.update(self.ep_info)
         state["heartbeat_period"] = self.settings.heartbeat_period
         state["active"] = active

@@ -100,12 +100,14 @@ def running_manager(
     template: str,
     schema: dict,
     extra_clients: tuple[str, ...] = (),
+    config: str = "",
 ):
     """Configure and start a root manager mapping ``routes`` (Globus username -> account).
 
     Yields a :class:`Manager`; a client is made for every routed username (keyed
-    by its part before ``@``) and for each of ``extra_clients``. On exit the
-    manager gets SIGTERM, then SIGKILL if it lingers.
+    by its part before ``@``) and for each of ``extra_clients``; ``config`` is
+    added to the manager's ``config.yaml``. On exit the manager gets SIGTERM,
+    then SIGKILL if it lingers.
     """
     admin = service.add_client("admin@site.org")
     clients = {u.split("@")[0]: service.add_client(u) for u in (*routes, *extra_clients)}
@@ -127,6 +129,9 @@ def running_manager(
     )
     assert done.returncode == 0, done.stderr
     directory = root / "ep"
+    if config:
+        with open(directory / "config.yaml", "a") as f:
+            f.write("\n" + config)
     (directory / "user_config_template.yaml.j2").write_text(template)
     (directory / "user_config_schema.json").write_text(json.dumps(schema))
     out = open(root / "manager.out", "w")  # noqa: SIM115 - closed below
@@ -168,7 +173,7 @@ def submit(mgr: Manager, who: str, script: Path, *args: str, user_dir: Path) -> 
 
 
 def manager_children(manager_pid: int) -> dict[int, dict]:
-    """The manager's live children: pid -> /proc facts."""
+    """The manager's live children but its warden: pid -> /proc facts."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -189,6 +194,8 @@ def manager_children(manager_pid: int) -> dict[int, dict]:
                 "fds": {fd.name: os.readlink(fd) for fd in (entry / "fd").iterdir()},
                 "cmdline": (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(),
             }
+            if found[int(entry.name)]["cmdline"].startswith("compute-agent warden"):
+                del found[int(entry.name)]
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
     return found

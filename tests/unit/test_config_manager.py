@@ -83,7 +83,7 @@ allow_system_accounts: [svc-sci]
 allowed_groups: [hpc]
 denied_users: [mallory]
 restart: {{base_delay_s: 2, max_delay_s: 60, healthy_run_s: 30, max_failures: 3, window_s: 120, cooldown_s: 600}}
-limits: {{max_user_endpoints_per_user: 2, max_user_endpoints: null}}
+limits: {{max_user_endpoints_per_user: 2, max_user_endpoints: null, memory_per_user: 8G, processes_per_user: 512}}
 """,
         )
     )
@@ -97,7 +97,7 @@ limits: {{max_user_endpoints_per_user: 2, max_user_endpoints: null}}
     assert config.admins == (UUID_A, UUID_B)
     assert config.service_url == "http://127.0.0.1:8000"
     assert config.restart == RestartPolicy(2, 60, 30, 3, 120, 600)
-    assert config.limits == Limits(2, None)
+    assert config.limits == Limits(2, None, 8 << 30, 512)
     assert config.source == tmp_path / "config.yaml"
 
 
@@ -146,6 +146,8 @@ def test_restart_section_is_read_into_the_managers_policy_type(tmp_path):
         ("restart:\n  max_failures: 0\n", "restart.max_failures", 2, "at least 1"),
         ("restart:\n  base_delay_s: 10\n  max_delay_s: 5\n", "restart.max_delay_s", 1, "at least"),
         ("limits:\n  max_user_endpoints: 0\n", "limits.max_user_endpoints", 2, "at least 1"),
+        ("limits:\n  memory_per_user: lots\n", "limits.memory_per_user", 2, "512M or 8G"),
+        ("limits:\n  processes_per_user: 2\n", "limits.processes_per_user", 2, "at least 8"),
         ("service_url: ftp://x\n", "service_url", 1, "http:// or https://"),
         ("engine:\n  type: GlobusComputeEngine\n", "engine", 1, "user_config_template.yaml.j2"),
         ("multi_user: true\n", "multi_user", 1, "unknown key"),

@@ -8,8 +8,10 @@ launched as ``sys.executable -m ...`` instead of through a console script.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
+import threading
 import typing as t
 from concurrent.futures import Future
 from pathlib import Path
@@ -140,12 +142,31 @@ class GlobusComputeEngine(Engine):
     def failure(self) -> BaseException | None:
         return self._executor.executor_exception if self._executor.bad_state_is_set else None
 
+    def _managers(self) -> list[dict]:
+        """The interchange's managers, or none if it cannot say within 2 s.
+
+        Parsl's command client holds a lock while it sends, without a timeout,
+        so a call behind a stuck one (a dead interchange) would wait forever:
+        ask from a daemon thread and stop waiting for it.
+        """
+        htex = self._executor
+        proc = getattr(htex, "interchange_proc", None)
+        if self._poller is None or (proc is not None and proc.poll() is not None):
+            return []
+        answer: list = []
+
+        def ask() -> None:
+            with contextlib.suppress(Exception):
+                answer.extend(htex.command_client.run("MANAGERS", timeout_s=2))
+
+        asking = threading.Thread(target=ask, name="htex-status", daemon=True)
+        asking.start()
+        asking.join(3)
+        return list(answer) if not asking.is_alive() else []
+
     def status(self) -> dict:
         htex = self._executor
-        try:
-            managers = htex.command_client.run("MANAGERS", timeout_s=2) if self._poller else []
-        except Exception:
-            managers = []
+        managers = self._managers()
         provider = htex.provider
         return {
             "engine_type": self.type_name,
