@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 
 import pytest
 
-from service import auth, forwarder, schema, store
+from service import auth, recording, schema, store
 from service.routing import Topology
 from wire import messages
 
@@ -64,20 +65,20 @@ def test_clients_identities_and_tokens(sessions):
 TOPO = Topology("amqp://svc:pw@127.0.0.1:5672/v", "p.")
 
 
-def result_from(sender: str, task_id: str, user_id: str | None = None) -> forwarder.Delivery:
+def result_from(sender: str, task_id: str, user_id: str | None = None) -> recording.Delivery:
     raw = messages.pack(messages.Result(task_id=uuid.UUID(task_id), data="00\nabc"))
-    return forwarder.Delivery(f"{sender}.results", user_id, raw)
+    return recording.Delivery(f"{sender}.results", user_id, raw)
 
 
 def report_from(sender: str, about: str, state: dict, user_id: str | None = None):
     raw = messages.pack(
         messages.EPStatusReport(endpoint_id=uuid.UUID(about), global_state=state, task_statuses={})
     )
-    return forwarder.Delivery(f"{sender}.heartbeats", user_id, raw)
+    return recording.Delivery(f"{sender}.heartbeats", user_id, raw)
 
 
 def refused(call, reason: str) -> None:
-    with pytest.raises(forwarder.Refused) as caught:
+    with pytest.raises(recording.Refused) as caught:
         call()
     assert caught.value.reason == reason, caught.value.detail
 
@@ -87,7 +88,7 @@ def test_a_result_counts_once_and_only_from_the_tasks_user_endpoint(sessions):
     with sessions.begin() as s:
         task_id = _task(s, uep, owner="alice-id")
         group = s.get(schema.Task, task_id).task_group_id
-    record = forwarder.record_result
+    record = recording.record_result
     with sessions.begin() as s:
         refused(lambda: record(s, TOPO, result_from(other, task_id)), "not_the_tasks_endpoint")
         refused(
@@ -98,20 +99,22 @@ def test_a_result_counts_once_and_only_from_the_tasks_user_endpoint(sessions):
         refused(lambda: record(s, TOPO, result_from(uep.upper(), task_id)), "routing_key")
         assert s.get(schema.Task, task_id).status == store.PENDING
     with sessions.begin() as s:
-        [forward] = record(s, TOPO, result_from(uep, task_id, user_id=f"p.uep.{uep}"))
+        [forward] = record(s, TOPO, result_from(uep, task_id, user_id=f"p.uep.{uep}")).forwards
         assert forward.queue == f"p.tg.alice-id.{group}"
         assert forward.body == result_from(uep, task_id).body
     with sessions.begin() as s:
-        assert record(s, TOPO, result_from(uep, task_id)) == []
+        assert record(s, TOPO, result_from(uep, task_id)).forwards == []
+        again = dataclasses.replace(result_from(uep, task_id), redelivered=True)
+        assert len(record(s, TOPO, again).forwards) == 1  # its first forward may have been lost
         task = s.get(schema.Task, task_id)
         assert task.status == "success" and task.result == "00\nabc" and task.completion_t
     with sessions.begin() as s:
         refused(lambda: record(s, TOPO, result_from(uep, str(uuid.uuid4()))), "unknown_task")
-        junk = forwarder.Delivery(f"{uep}.results", None, b"\x02junk")
+        junk = recording.Delivery(f"{uep}.results", None, b"\x02junk")
         refused(lambda: record(s, TOPO, junk), "malformed")
         report = report_from(uep, uep, {}).body
         refused(
-            lambda: record(s, TOPO, forwarder.Delivery(f"{uep}.results", None, report)), "malformed"
+            lambda: record(s, TOPO, recording.Delivery(f"{uep}.results", None, report)), "malformed"
         )
 
 
@@ -130,12 +133,15 @@ def test_an_error_report_fails_only_the_senders_own_pending_tasks(sessions):
     with sessions.begin() as s:
         forged = report_from(other_uep, uep_id, error)
         refused(
-            lambda: forwarder.record_heartbeat(s, TOPO, forged, 1.0), "not_the_senders_endpoint"
+            lambda: recording.record_heartbeat(s, TOPO, forged, 1.0), "not_the_senders_endpoint"
         )
     with sessions.begin() as s:
-        forwards = forwarder.record_heartbeat(s, TOPO, report_from(uep_id, uep_id, error), 1.0)
+        now = time.time()
+        recorded = recording.record_heartbeat(s, TOPO, report_from(uep_id, uep_id, error), now)
+        forwards = recorded.forwards
         pending_group = s.get(schema.Task, pending).task_group_id
     assert [f.queue for f in forwards] == [f"p.tg.o.{pending_group}"]
+    assert recorded.purge.queue == f"p.{uep_id}.tasks" and recorded.purge.before == now
     result = messages.unpack(forwards[0].body)
     assert result.is_error and result.data == "no account for you"
     with sessions.begin() as s:
@@ -153,7 +159,7 @@ def test_a_manager_speaks_for_itself_and_its_own_user_endpoints_only(sessions):
         s.add(schema.UserEndpoint(id=uep_id, endpoint_id=ep_id, identity_id="o", name="u"))
         s.add(schema.Endpoint(id=stranger_ep, owner_id="x", name="x"))
     error = {"error": "mapping failed", "heartbeat_period": 3}
-    beat = forwarder.record_heartbeat
+    beat = recording.record_heartbeat
     with sessions.begin() as s:
         refused(
             lambda: beat(s, TOPO, report_from(stranger_ep, uep_id, error), 5.0),
@@ -170,16 +176,16 @@ def test_a_manager_speaks_for_itself_and_its_own_user_endpoints_only(sessions):
             "unknown_endpoint",
         )
         refused(
-            lambda: beat(s, TOPO, forwarder.Delivery(f"{ep_id}.heartbeats", None, b"nope"), 5.0),
+            lambda: beat(s, TOPO, recording.Delivery(f"{ep_id}.heartbeats", None, b"nope"), 5.0),
             "malformed",
         )
         assert s.get(schema.Task, pending).status == store.PENDING
     with sessions.begin() as s:
-        assert (
-            beat(s, TOPO, report_from(ep_id, ep_id, {"heartbeat_period": 5}, f"p.ep.{ep_id}"), 42.0)
-            == []
+        ok = beat(
+            s, TOPO, report_from(ep_id, ep_id, {"heartbeat_period": 5}, f"p.ep.{ep_id}"), 42.0
         )
-        [forward] = beat(s, TOPO, report_from(ep_id, uep_id, error), 43.0)
+        assert ok.forwards == [] and ok.purge is None
+        [forward] = beat(s, TOPO, report_from(ep_id, uep_id, error), time.time()).forwards
     assert messages.unpack(forward.body).data == "mapping failed"
     with sessions.begin() as s:
         ep = s.get(schema.Endpoint, ep_id)

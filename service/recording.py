@@ -1,0 +1,251 @@
+"""What a result or heartbeat from the broker does to the database, decided per message.
+
+Nothing is believed because of what a body says. The routing key names the
+sender (``<id>.results`` / ``<id>.heartbeats``), which the broker's topic
+permissions guarantee: an account may publish only with its own id. So:
+
+- a result counts only if it comes from the user endpoint its task was sent to;
+- a heartbeat counts for the endpoint that sent it, or for a user endpoint of
+  the manager that sent it (a manager reports a user endpoint that could not
+  start);
+- a ``user_id`` property, where present (RabbitMQ has validated it), must be
+  the sender's own account.
+
+Anything else raises :class:`Refused`. A result is forwarded to the SDK when
+this message recorded it, and again when the broker redelivers the message
+that recorded it (the first forward may have been lost with a connection): at
+least once, a duplicate only after a crash between the forward and the ack.
+
+An error report fails the user endpoint's waiting tasks and asks for its task
+queue to be purged, so a later start of that endpoint does not run tasks their
+submitters were told had failed; tasks submitted before the purge are failed
+too (their messages may have gone with it), later ones wait for the endpoint.
+
+Text and JSON are made storable first: PostgreSQL refuses NUL characters in
+text and NaN in JSON, and one such message must not stall everyone's results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import typing as t
+import uuid
+
+from sqlalchemy.orm import Session
+
+from service import broker_accounts, schema, store
+from service.routing import Topology, error_result
+from wire import messages
+from wire.errors import WireError
+
+log = logging.getLogger(__name__)
+UNSTORABLE = (
+    "the compute service could not store this task's result ({}); the task ran, but its"
+    " outcome is lost: submit it again, and tell the service administrator"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Forward:
+    """A message to put on an SDK result queue."""
+
+    queue: str
+    body: bytes
+    high_assurance: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    """One message as the broker delivered it: who it vouches sent it, and the body."""
+
+    routing_key: str
+    user_id: str | None
+    body: bytes
+    redelivered: bool = False
+
+
+@dataclasses.dataclass
+class Recorded:
+    """What to do after the transaction commits: forward results, purge a task queue."""
+
+    forwards: list[Forward] = dataclasses.field(default_factory=list)
+    purge: Purge | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Purge:
+    """Empty a failed user endpoint's task queue, then fail what was submitted before."""
+
+    user_endpoint_id: str
+    queue: str
+    text: str
+    before: float
+
+
+class Refused(Exception):
+    """A message the forwarder will not act on; ``reason`` is the counter's name."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def sender_id(routing_key: str, kind: str) -> str:
+    """The id in ``<id>.<kind>``, a canonical UUID, or :class:`Refused`."""
+    party, _, suffix = routing_key.rpartition(".")
+    try:
+        if suffix == kind and str(uuid.UUID(party)) == party:
+            return party
+    except ValueError:
+        pass
+    raise Refused("routing_key", f"routing key {routing_key!r} does not name a sender")
+
+
+def _check_user_id(topo: Topology, delivery: Delivery, kind: str, party: str) -> None:
+    expected = broker_accounts.username(topo, kind, party)
+    if delivery.user_id is not None and delivery.user_id != expected:
+        raise Refused(
+            "user_id",
+            f"user_id {delivery.user_id!r} is not the sender's account {expected!r}",
+        )
+
+
+def _read(raw: bytes, kind: type, queue: str) -> t.Any:
+    try:
+        return messages.unpack_as(raw, kind)
+    except WireError as e:
+        raise Refused("malformed", f"unreadable message on the {queue} queue: {e}") from None
+
+
+def record_result(s: Session, topo: Topology, delivery: Delivery) -> Recorded:
+    """Store a result from the user endpoint that ran it; what to forward to its submitter."""
+    sender = sender_id(delivery.routing_key, "results")
+    _check_user_id(topo, delivery, broker_accounts.USER_ENDPOINT, sender)
+    result = _read(delivery.body, messages.Result, "results")
+    task_id = str(result.task_id)
+    task = s.get(schema.Task, task_id)
+    if task is None:
+        raise Refused("unknown_task", f"result for unknown task {task_id} from {sender}")
+    if task.user_endpoint_id != sender:
+        raise Refused(
+            "not_the_tasks_endpoint",
+            f"user endpoint {sender} sent a result for task {task_id},"
+            f" which was sent to {task.user_endpoint_id}",
+        )
+    text, details = storable_text(result.data), storable_json(result.details)
+    if result.is_error:
+        done = store.finish_task(s, task_id, status="failed", exception=text, details=details)
+    else:
+        done = store.finish_task(s, task_id, status="success", result=text, details=details)
+    if not done and not (delivery.redelivered and text in (task.result, task.exception)):
+        log.info("result for task %s was already recorded; not forwarding it again", task_id)
+        return Recorded()
+    endpoint = s.get(schema.Endpoint, task.endpoint_id)
+    queue = topo.sdk_queue(task.owner_id, task.task_group_id)
+    return Recorded([Forward(queue, delivery.body, bool(endpoint and endpoint.high_assurance))])
+
+
+def fail_unstorable(s: Session, topo: Topology, delivery: Delivery, problem: str) -> Recorded:
+    """A result that cannot be stored: its task fails with an explicit error, to its submitter."""
+    try:
+        task_id = str(messages.unpack_as(delivery.body, messages.Result).task_id)
+    except WireError:
+        return Recorded()
+    task = s.get(schema.Task, task_id)
+    if task is None or task.user_endpoint_id != sender_id(delivery.routing_key, "results"):
+        return Recorded()
+    text = UNSTORABLE.format(problem)
+    if not store.finish_task(s, task_id, status="failed", exception=text):
+        return Recorded()
+    queue = topo.sdk_queue(task.owner_id, task.task_group_id)
+    return Recorded([Forward(queue, error_result(task_id, text, "UNKNOWN_TASK_FAILURE"))])
+
+
+def _heartbeat_subject(
+    s: Session, topo: Topology, delivery: Delivery, report: t.Any
+) -> schema.Endpoint | schema.UserEndpoint:
+    """The endpoint a report is about, if its sender may speak for it."""
+    sender = sender_id(delivery.routing_key, "heartbeats")
+    subject = str(report.endpoint_id)
+    manager = s.get(schema.Endpoint, sender)
+    if manager is not None:
+        _check_user_id(topo, delivery, broker_accounts.MANAGER, sender)
+        if subject == sender:
+            return manager
+        uep = s.get(schema.UserEndpoint, subject)
+        if uep is not None and uep.endpoint_id == sender:
+            return uep
+        raise Refused(
+            "not_the_senders_endpoint",
+            f"manager {sender} reported on {subject}, which is not one of its user endpoints",
+        )
+    uep = s.get(schema.UserEndpoint, sender)
+    if uep is None:
+        raise Refused("unknown_endpoint", f"heartbeat from unknown endpoint {sender}")
+    _check_user_id(topo, delivery, broker_accounts.USER_ENDPOINT, sender)
+    if subject != sender:
+        raise Refused(
+            "not_the_senders_endpoint",
+            f"user endpoint {sender} sent a report about {subject}",
+        )
+    return uep
+
+
+def record_heartbeat(s: Session, topo: Topology, delivery: Delivery, now: float) -> Recorded:
+    """Update endpoint status; an error report fails the user endpoint's pending tasks."""
+    report = _read(delivery.body, messages.EPStatusReport, "heartbeats")
+    row = _heartbeat_subject(s, topo, delivery, report)
+    state = storable_json(report.global_state)
+    row.last_heartbeat = now
+    period = state.get("heartbeat_period")
+    row.heartbeat_period = float(period) if isinstance(period, int | float) else None
+    row.last_state = state
+    error = state.get("error")
+    if not isinstance(row, schema.UserEndpoint) or not error:
+        return Recorded()
+    text = str(error)
+    row.last_error = text
+    log.warning("user endpoint %s (%s) reported an error: %s", row.id, row.name, text)
+    return Recorded(
+        fail_pending(s, topo, row.id, text, created_before=now),
+        Purge(row.id, topo.task_queue(row.id), text, now),
+    )
+
+
+def fail_pending(
+    s: Session,
+    topo: Topology,
+    user_endpoint_id: str,
+    text: str,
+    created_before: float | None = None,
+) -> list[Forward]:
+    """Fail a user endpoint's waiting tasks (those made before ``created_before``, if given)."""
+    forwards = []
+    for task in store.pending_tasks_of_user_endpoint(s, user_endpoint_id):
+        if created_before is not None and task.created_t > created_before:
+            continue
+        if store.finish_task(s, task.id, status="failed", exception=text):
+            queue = topo.sdk_queue(task.owner_id, task.task_group_id)
+            forwards.append(Forward(queue, error_result(task.id, text)))
+    return forwards
+
+
+def storable_text(text: str) -> str:
+    """Text PostgreSQL accepts: NUL characters are shown as ``\\x00``."""
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
+
+
+def storable_json(value: t.Any) -> t.Any:
+    """JSON PostgreSQL accepts: no NaN or infinities (null instead), no NUL in text."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable_text(str(k)): storable_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable_json(v) for v in value]
+    return value
