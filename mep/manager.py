@@ -312,7 +312,7 @@ class Manager:
                     f"EXIT {exited.describe()}",
                 )
             )
-        has_work = exited.clean and self._has_waiting_work(started)
+        has_work = not exited.stop_requested and self._has_waiting_work(started)
         verdict = self.children.after_exit(exited, has_work)
         if self._stop:
             return
@@ -320,12 +320,14 @@ class Manager:
             log.info("restarting user endpoint %s in %.1f s", exited.name, verdict.delay_s)
             self.pending_restarts[exited.name] = time.monotonic() + verdict.delay_s
             self.restart_plans[exited.name] = started.plan
-        elif verdict.admin_message:
+        elif verdict.user_message:  # the circuit opened, or a crash lost running tasks
             self._reject(
                 self._plan_rejection(
-                    started.plan, "circuit_open", verdict.user_message, verdict.admin_message
+                    started.plan, verdict.verdict.value, verdict.user_message, verdict.admin_message
                 )
             )
+        elif verdict.admin_message:
+            log.info("%s", verdict.admin_message)
 
     def _has_waiting_work(self, started: Started) -> bool:
         """Tasks wait in its queue; if the broker cannot say, a recent start command counts."""

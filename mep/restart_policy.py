@@ -5,13 +5,22 @@ Pure: facts and history in, a :class:`Decision` (with the new history) out.
 Upstream restarts a cleanly exited user endpoint at once and never one that
 failed, and has nothing against a start-fail-start loop driven by new start
 commands: ALCF documents the resulting runaway batch-job submission, stoppable
-only by deleting a PID file. Here a clean exit with pending work is restarted
-with exponential backoff when it keeps happening quickly, and an endpoint that
-failed ``max_failures`` times within ``window_s`` opens its circuit: no restart
-and no new start until ``cooldown_s`` has passed, with a message saying so to
-the user and to the admin. A failure is a non-zero exit or a signal, a failed
-spawn, or a quick clean exit while work was pending; a clean exit with nothing
-pending is an idle shutdown, however short the run, and never counts.
+only by deleting a PID file. Here:
+
+- a clean exit with nothing waiting is an idle shutdown, however short the
+  run, and never counts;
+- an exit with tasks waiting in its queue (clean, or a crash: an OOM kill, a
+  segfault) is restarted, at once after a healthy run and with exponential
+  backoff when it keeps happening quickly; the new run also answers the tasks
+  the dead one had taken and not finished;
+- a crash with nothing waiting is not restarted, but the tasks it was running
+  are lost, so their submitters are told (``user_message``);
+- ``max_failures`` failures within ``window_s`` open the circuit: no restart
+  and no new start until ``cooldown_s`` has passed, with a message saying so to
+  the user and to the admin.
+
+A failure is a non-zero exit or a signal, a failed spawn, or a quick clean exit
+while work was pending.
 """
 
 from __future__ import annotations
@@ -108,26 +117,36 @@ def after_exit(
     now: float,
     policy: RestartPolicy,
 ) -> Decision:
-    """Decide what follows an exit. Only a clean exit with pending work is restarted."""
+    """Decide what follows an exit: restart (when work waits), stay stopped, or open the circuit."""
     history = _prune(history, now, policy)
     if facts.stop_requested:
         return Decision(Verdict.STAY_STOPPED, history)
     if history.open_until is not None:
         return _circuit_open(history, now, name, policy)
-    healthy = facts.clean and facts.ran_s >= policy.healthy_run_s
-    idled_out = facts.clean and not has_pending_work  # however short: the normal way to end
-    if not healthy and not idled_out:
+    if facts.clean and not has_pending_work:  # however short: the normal way to end
+        return Decision(
+            Verdict.STAY_STOPPED,
+            replace(history, restarts=0),
+            admin_message=f"user endpoint {name!r} stopped normally",
+        )
+    long_run = facts.ran_s >= policy.healthy_run_s
+    if not (facts.clean and long_run):
         history = replace(history, failures=(*history.failures, now))
     if len(history.failures) >= policy.max_failures:
         history = replace(history, open_until=now + policy.cooldown_s)
         return _circuit_open(history, now, name, policy)
-    if not facts.clean or not has_pending_work:
+    if not has_pending_work:
         return Decision(
             Verdict.STAY_STOPPED,
-            replace(history, restarts=0) if facts.clean else history,
-            admin_message=f"user endpoint {name!r} {facts.description or 'exited'}; not restarted",
+            history,
+            user_message=(
+                f"Your user endpoint {name!r} stopped unexpectedly ({facts.description});"
+                " tasks it was running did not finish. Submit them again; if this keeps"
+                " happening, ask the endpoint administrator."
+            ),
+            admin_message=f"user endpoint {name!r} {facts.description}; nothing waits, not restarted",
         )
-    restarts = 0 if healthy else history.restarts
+    restarts = 0 if long_run else history.restarts
     delay = (
         0.0 if restarts == 0 else min(policy.max_delay_s, policy.base_delay_s * 2 ** (restarts - 1))
     )
@@ -135,7 +154,10 @@ def after_exit(
         Verdict.RESTART,
         replace(history, restarts=restarts + 1),
         delay_s=delay,
-        admin_message=f"user endpoint {name!r} exited with work pending; restart in {delay:.1f} s",
+        admin_message=(
+            f"user endpoint {name!r} {facts.description or 'exited'} with work pending;"
+            f" restart in {delay:.1f} s"
+        ),
     )
 
 

@@ -24,6 +24,7 @@ from service.broker_admin import BrokerAdmin
 from service.broker_provisioning import Provisioner, load_key
 from service.context import Service, Settings
 from service.forwarder import Forwarder
+from service.housekeeper import Housekeeper
 from service.routing import Topology
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,14 @@ def create_app(settings: Settings) -> FastAPI:
         forwarder.start()
         sweeper = AccountSweeper(svc.provisioner, svc.sessions)
         sweeper.start()
+        housekeeper = Housekeeper(
+            svc.topology,
+            svc.sessions,
+            svc.publisher,
+            svc.provisioner,
+            svc.settings.start_timeout_s,
+        )
+        housekeeper.start()
         try:
             svc.publisher.ensure_topology()
         except BrokerUnavailable as e:
@@ -78,6 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            housekeeper.stop()
             sweeper.stop()
             forwarder.stop()
             svc.publisher.close()

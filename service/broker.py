@@ -149,6 +149,18 @@ class Publisher:
         if results:
             self._run(send)
 
+    def purge(self, queue: str) -> None:
+        """Empty a queue; one that does not exist is already empty."""
+
+        def purge(ch: t.Any) -> None:
+            try:
+                ch.queue_purge(queue)
+            except pika.exceptions.ChannelClosedByBroker as e:
+                if e.reply_code != 404:
+                    raise
+
+        self._run(purge)
+
     def delete_queues(self, queues: list[str]) -> None:
         """Remove a deleted endpoint's command and task queues (and what they held)."""
 

@@ -139,6 +139,12 @@ def start(
     dev_allow_guest: bool = typer.Option(
         False, help="Development only: accept RabbitMQ's 'guest' account on loopback."
     ),
+    start_timeout: float = typer.Option(
+        3600.0,
+        min=0.0,
+        help="Fail tasks whose user endpoint has not started this many seconds after"
+        " they were sent to it (0: wait forever).",
+    ),
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
     """Run the service in the foreground until interrupted."""
@@ -172,6 +178,7 @@ def start(
         amqp_prefix=amqp_prefix,
         token_ttl_s=token_ttl,
         broker_api_url=broker_api or None,
+        start_timeout_s=start_timeout,
     )
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, log_level=log_level)
 

@@ -28,6 +28,7 @@ class Settings:
     amqp_prefix: str = ""
     token_ttl_s: int = auth.DEFAULT_TOKEN_TTL_S
     broker_api_url: str | None = None
+    start_timeout_s: float = 3600.0
 
 
 @dataclasses.dataclass

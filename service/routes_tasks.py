@@ -2,8 +2,10 @@
 
 A submission is checked (the endpoint is visible to the caller, its
 authentication policy is satisfied, every function is allowed), then journaled
-(task group, user endpoint, tasks) and committed *before* anything is
-published, so a result can never arrive for a task the database does not know.
+(task group, user endpoint, tasks, and each task's message in the outbox) and
+committed *before* anything is published, so a result can never arrive for a
+task the database does not know; the outbox rows go once the broker confirmed
+the publish, and the housekeeper publishes again what a killed service left.
 The user endpoint's broker account is made in the same transaction when its
 generation lacks one. Then the start command goes to the endpoint's command
 queue (on every submit: it is idempotent and refreshes credentials) and the
@@ -132,14 +134,22 @@ def _journal(
                 )
             )
             ids.setdefault(str(fid), []).append(task_id)
-            messages.append(
-                routing.task_message(
+            message = routing.task_message(
+                task_id=task_id,
+                function_id=fn.id,
+                function_code=fn.code,
+                payload=payload,
+                resource_specification=body.resource_specification,
+                result_serializers=body.result_serializers,
+            )
+            messages.append(message)
+            s.add(
+                schema.OutboxTask(
                     task_id=task_id,
-                    function_id=fn.id,
-                    function_code=fn.code,
-                    payload=payload,
-                    resource_specification=body.resource_specification,
-                    result_serializers=body.result_serializers,
+                    user_endpoint_id=uep.id,
+                    body=message[0],
+                    headers=message[1]["headers"],
+                    created_t=now,
                 )
             )
     return group, uep, command, ids, messages
@@ -172,6 +182,8 @@ def submit(
     except BrokerUnavailable as e:
         _fail_unsent(svc, [t for group in ids.values() for t in group], str(e))
         raise ApiError(503, str(e)) from None
+    with svc.sessions.begin() as s:
+        store.sent(s, [t for group in ids.values() for t in group])
     log.info(
         "%s submitted %d task(s) to %s via user endpoint %s",
         who.username,
@@ -191,6 +203,7 @@ def _fail_unsent(svc: Service, task_ids: list[str], reason: str) -> None:
     with svc.sessions.begin() as s:
         for task_id in task_ids:
             store.finish_task(s, task_id, status="failed", exception=f"not sent: {reason}")
+        store.sent(s, task_ids)
 
 
 @router.get("/v2/get_amqp_result_connection_url")

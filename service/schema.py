@@ -10,7 +10,17 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 UUID_LEN = 36
@@ -180,3 +190,18 @@ class DroppedMessage(Base):
     count: Mapped[int] = mapped_column(Integer, default=0)
     last_at: Mapped[float] = mapped_column(Float, default=0.0)
     last_detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class OutboxTask(Base):
+    """A task message journaled with its task and deleted once the broker confirmed it.
+
+    Rows still here after a while belong to a submit the service did not finish
+    (it was killed between its commit and its publish): they are published again.
+    """
+
+    __tablename__ = "outbox"
+    task_id: Mapped[str] = mapped_column(String(UUID_LEN), primary_key=True)
+    user_endpoint_id: Mapped[str] = mapped_column(String(UUID_LEN), index=True)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    headers: Mapped[dict] = mapped_column(JSON)
+    created_t: Mapped[float] = mapped_column(Float, index=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import typing as t
 
-from sqlalchemy import create_engine, event, select, update
+from sqlalchemy import create_engine, delete, event, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -150,3 +150,29 @@ def dropped_counts(s: Session) -> list[schema.DroppedMessage]:
         schema.DroppedMessage.kind, schema.DroppedMessage.reason
     )
     return list(s.scalars(query))
+
+
+def sent(s: Session, task_ids: list[str]) -> None:
+    """The broker confirmed these tasks' messages (or they failed): out of the outbox."""
+    for start in range(0, len(task_ids), 500):
+        chunk = task_ids[start : start + 500]
+        s.execute(delete(schema.OutboxTask).where(schema.OutboxTask.task_id.in_(chunk)))
+
+
+def unsent(s: Session, older_than: float) -> list[schema.OutboxTask]:
+    query = select(schema.OutboxTask).where(schema.OutboxTask.created_t < older_than)
+    return list(s.scalars(query.order_by(schema.OutboxTask.created_t)))
+
+
+def stuck_tasks(s: Session, created_before: float) -> list[tuple[schema.Task, schema.UserEndpoint]]:
+    """Pending tasks older than ``created_before`` whose user endpoint never spoke since."""
+    query = (
+        select(schema.Task, schema.UserEndpoint)
+        .join(schema.UserEndpoint, schema.UserEndpoint.id == schema.Task.user_endpoint_id)
+        .where(schema.Task.status == PENDING, schema.Task.created_t < created_before)
+        .where(
+            schema.UserEndpoint.last_heartbeat.is_(None)
+            | (schema.UserEndpoint.last_heartbeat < schema.Task.created_t)
+        )
+    )
+    return [(task, uep) for task, uep in s.execute(query)]

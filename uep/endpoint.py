@@ -40,7 +40,16 @@ log = logging.getLogger(__name__)
 
 RESTARTED = "endpoint restarted; task state unknown"
 LOST_CODE = "UNKNOWN_TASK_FAILURE"
-MAX_FAILED_SESSIONS = 10
+MAX_REFUSED_SESSIONS = 10
+MAX_PREFETCH = 65535  # AMQP's prefetch count is a 16-bit field
+MAX_RECONNECT_DELAY_S = 30.0
+
+
+def reconnect_delay(failures: int) -> float:
+    """Seconds before the next attempt: doubling from 0.5 s to 30 s, with jitter."""
+    if failures == 0:
+        return 0.5
+    return min(MAX_RECONNECT_DELAY_S, 0.5 * 2 ** min(failures, 16)) * random.uniform(0.8, 1.2)
 
 
 class Settings(t.NamedTuple):
@@ -75,7 +84,7 @@ class UserEndpoint:
         self.ep_info = ep_info
         self.settings = settings
         self.set_title = set_title
-        self.prefetch = max(2 * engine.capacity, engine.capacity + 16)
+        self.prefetch = min(MAX_PREFETCH, max(2 * engine.capacity, engine.capacity + 16))
         self.received = 0
         self.forwarded = 0
         self.stop_reason: str | None = None
@@ -109,15 +118,25 @@ class UserEndpoint:
                 return
             self._wake_pending = True
         session = self._session
-        if session is not None:
-            session.call_threadsafe(session.collect_results)
+        if session is None or not session.call_threadsafe(session.collect_results):
+            # No session to wake: the next one collects at its start, and a later
+            # completion must be able to wake it.
+            with self._wake_lock:
+                self._wake_pending = False
 
     # ---- main thread ------------------------------------------------------------
 
     def run(self) -> int:
-        """Serve until stopped; the exit status (0 = a deliberate stop)."""
+        """Serve until stopped; the exit status (0 = a deliberate stop).
+
+        A broker that cannot be reached is waited for as long as it takes (the
+        engine keeps running and results keep being stored): an outage must not
+        strand the tasks this endpoint holds. Only a broker that answers and
+        keeps refusing our credentials (the endpoint was retired) makes it give
+        up, after ``MAX_REFUSED_SESSIONS`` refusals in a row.
+        """
         self._recover_journal()
-        failures = 0
+        failures = refusals = 0
         while self.stop_reason is None:
             session = Session(self)
             self._session = session
@@ -131,12 +150,13 @@ class UserEndpoint:
             if self.stop_reason is not None:
                 break
             failures = 0 if opened else failures + 1
-            if failures >= MAX_FAILED_SESSIONS:
-                log.error("giving up after %d failed connection attempts", failures)
-                self.stop_reason = "broker unreachable"
+            refusals = refusals + 1 if session.refused else 0
+            if refusals >= MAX_REFUSED_SESSIONS:
+                log.error("giving up: the broker refused our credentials %d times", refusals)
+                self.stop_reason = "broker refused the credentials"
                 self.answer_unfinished(SHUTTING_DOWN)
                 return 1
-            self._wait_offline(min(10.0, 0.5 * 2**failures) * random.uniform(0.8, 1.2))
+            self._wait_offline(reconnect_delay(failures))
         self.answer_unfinished(SHUTTING_DOWN)
         return 0
 

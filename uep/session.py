@@ -17,6 +17,7 @@ import typing as t
 import uuid
 
 import pika
+import pika.exceptions
 import pika.spec
 
 from uep.execution import error_result
@@ -30,6 +31,11 @@ if t.TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONFIRM_WAIT_S = 5.0
+REFUSALS = (
+    pika.exceptions.ProbableAuthenticationError,
+    pika.exceptions.AuthenticationError,
+    pika.exceptions.ProbableAccessDeniedError,
+)
 SHUTTING_DOWN = "endpoint stopped before the task finished; task state unknown"
 
 
@@ -51,17 +57,21 @@ class Session:
         self.returned: set[str] = set()
         self.resend_due = False
         self.finishing = False
+        self.refused = False  # the broker answered, and refused our credentials
 
     # -- plumbing
 
-    def call_threadsafe(self, fn: t.Callable[[], None]) -> None:
+    def call_threadsafe(self, fn: t.Callable[[], None]) -> bool:
+        """Run ``fn`` on the session's ioloop; False if there is no loop to run it."""
         conn = self.conn
         if conn is None:
-            return
+            return False
         try:
             conn.ioloop.add_callback_threadsafe(fn)
         except Exception:
             log.debug("ioloop gone; dropped a wake-up", exc_info=True)
+            return False
+        return True
 
     def run(self) -> bool:
         creds = self.ep.credentials()
@@ -103,6 +113,7 @@ class Session:
 
     def _on_open_error(self, _conn, error) -> None:
         log.warning("cannot connect to the broker: %s", redact(str(error) or repr(error)))
+        self.refused = isinstance(error, REFUSALS)
         self.conn.ioloop.stop()
 
     def _on_closed(self, _conn, reason) -> None:
@@ -144,6 +155,7 @@ class Session:
             self.ep.prefetch,
         )
         self._heartbeat()
+        self.ep.take_results()  # finished while no session could be woken
         self._resend_stored()
         self._watch()
         if self.ep.stop_reason is not None:

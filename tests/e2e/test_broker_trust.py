@@ -279,11 +279,16 @@ def test_a_refresh_naming_another_identity_changes_nothing(appliance, held):
     mgr = appliance
     alice_account = mgr.users[0]
     alice = held("alice", {"gce": False, "tag": "refresh-target"})
-    mine = [
-        pid
-        for pid, p in manager_children(mgr.process.pid).items()
-        if p["uid"][0] == str(alice_account.pw_uid) and alice.uep_id in p["cmdline"]
-    ]
+    deadline = time.monotonic() + 60
+    while True:
+        mine = [
+            pid
+            for pid, p in manager_children(mgr.process.pid).items()
+            if p["uid"][0] == str(alice_account.pw_uid) and alice.uep_id in p["cmdline"]
+        ]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert len(mine) == 1, manager_children(mgr.process.pid)
     before = _memfd(mine[0])
     side = ServiceSide(mgr)

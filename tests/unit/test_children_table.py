@@ -131,7 +131,7 @@ def test_describe_an_unknown_status():
 
 def test_restart_history_is_kept_per_name(table):
     quick_crash = ExitRecord("ep", 1, ME, 1, None, 1.0, False)
-    assert table.after_exit(quick_crash, True).verdict is Verdict.STAY_STOPPED
+    assert table.after_exit(quick_crash, True).verdict is Verdict.RESTART
     assert table.before_start("ep") is None
     assert table.after_exit(quick_crash, True).verdict is Verdict.CIRCUIT_OPEN
     refused = table.before_start("ep")

@@ -354,3 +354,11 @@ def test_unprivileged_manager_runs_only_its_owners_identities():
 def test_parse_command_alone_keeps_identity_set_order():
     cmd = parse_command(props(), body(globus_identity_set=[BOB, ALICE]), NOW)
     assert [i["id"] for i in cmd.identity_set] == ["b2", "a1"]
+
+
+def test_a_stale_command_for_a_running_endpoint_fails_nobody():
+    running = {"uep.x.1": Running("alice", str(UEP_ID))}
+    late = decide(props(timestamp=NOW - 999), body(), NOW, context(running=running))
+    assert rejected(late, "timestamp").endpoint_id is None
+    stopped = decide(props(timestamp=NOW - 999), body(), NOW, context())
+    assert rejected(stopped, "timestamp").endpoint_id == UEP_ID

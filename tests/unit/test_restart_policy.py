@@ -51,11 +51,25 @@ def test_a_short_idle_shutdown_is_not_a_failure():
     assert before_start("ep", history, 10.0, POLICY) is None
 
 
-def test_a_crash_is_never_restarted_but_counts_as_a_failure():
+def test_a_crash_with_work_waiting_is_restarted_and_counts_as_a_failure():
     d = after_exit("ep", CRASH, True, History(), 100.0, POLICY)
-    assert d.verdict is Verdict.STAY_STOPPED
+    assert d.verdict is Verdict.RESTART and d.delay_s == 0.0
     assert d.history.failures == (100.0,)
     assert "return code 1" in d.admin_message
+    again = after_exit("ep", CRASH, True, d.history, 101.0, POLICY)
+    assert again.restart and again.delay_s == 1.0
+
+
+def test_a_crash_with_nothing_waiting_tells_the_submitters_of_what_it_ran():
+    d = after_exit("ep", CRASH, False, History(), 100.0, POLICY)
+    assert d.verdict is Verdict.STAY_STOPPED and d.history.failures == (100.0,)
+    assert "stopped unexpectedly (return code 1)" in d.user_message
+    assert "did not finish" in d.user_message
+
+
+def test_a_clean_idle_stop_says_nothing_to_anyone():
+    d = after_exit("ep", QUICK_CLEAN, False, History(), 100.0, POLICY)
+    assert d.verdict is Verdict.STAY_STOPPED and d.user_message == ""
 
 
 def test_a_stop_the_manager_asked_for_is_not_a_failure():
@@ -86,7 +100,7 @@ def test_failures_within_the_window_open_the_circuit_with_two_messages():
     history, now = History(), 1000.0
     for _ in range(POLICY.max_failures - 1):
         d = after_exit("my-ep", CRASH, True, history, now, POLICY)
-        assert d.verdict is Verdict.STAY_STOPPED
+        assert d.verdict is Verdict.RESTART
         history, now = d.history, now + 10
     d = after_exit("my-ep", QUICK_CLEAN, True, history, now, POLICY)
     assert d.verdict is Verdict.CIRCUIT_OPEN and not d.restart
@@ -99,7 +113,7 @@ def test_failures_within_the_window_open_the_circuit_with_two_messages():
 def test_old_failures_age_out_of_the_window():
     history = History(failures=(0.0, 10.0))
     d = after_exit("ep", CRASH, True, history, 10.0 + POLICY.window_s, POLICY)
-    assert d.verdict is Verdict.STAY_STOPPED
+    assert d.verdict is Verdict.RESTART
     assert d.history.failures == (10.0 + POLICY.window_s,)
 
 
