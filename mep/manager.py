@@ -320,7 +320,7 @@ class Manager:
             log.info("restarting user endpoint %s in %.1f s", exited.name, verdict.delay_s)
             self.pending_restarts[exited.name] = time.monotonic() + verdict.delay_s
             self.restart_plans[exited.name] = started.plan
-        elif verdict.user_message:  # the circuit opened, or a crash lost running tasks
+        elif verdict.user_message:  # the circuit opened
             self._reject(
                 self._plan_rejection(
                     started.plan, verdict.verdict.value, verdict.user_message, verdict.admin_message

@@ -9,12 +9,13 @@ only by deleting a PID file. Here:
 
 - a clean exit with nothing waiting is an idle shutdown, however short the
   run, and never counts;
-- an exit with tasks waiting in its queue (clean, or a crash: an OOM kill, a
-  segfault) is restarted, at once after a healthy run and with exponential
-  backoff when it keeps happening quickly; the new run also answers the tasks
-  the dead one had taken and not finished;
-- a crash with nothing waiting is not restarted, but the tasks it was running
-  are lost, so their submitters are told (``user_message``);
+- a crash (an OOM kill, a segfault, a non-zero exit) is restarted, even with
+  nothing waiting in its queue: only its journal knows which tasks it had taken
+  and not answered, and the new run answers them (their results may also still
+  be on their way, which a notice from the manager would overtake);
+- a clean exit with tasks waiting in its queue is restarted too;
+- restarts come at once after a healthy run and with exponential backoff when
+  exits keep happening quickly;
 - ``max_failures`` failures within ``window_s`` open the circuit: no restart
   and no new start until ``cooldown_s`` has passed, with a message saying so to
   the user and to the admin.
@@ -109,6 +110,14 @@ def _circuit_open(history: History, now: float, name: str, policy: RestartPolicy
     )
 
 
+def _failure(history: History, now: float, name: str, policy: RestartPolicy) -> History | Decision:
+    """One more failure: the new history, or the open circuit it leads to."""
+    history = replace(history, failures=(*history.failures, now))
+    if len(history.failures) < policy.max_failures:
+        return history
+    return _circuit_open(replace(history, open_until=now + policy.cooldown_s), now, name, policy)
+
+
 def after_exit(
     name: str,
     facts: ExitFacts,
@@ -117,7 +126,7 @@ def after_exit(
     now: float,
     policy: RestartPolicy,
 ) -> Decision:
-    """Decide what follows an exit: restart (when work waits), stay stopped, or open the circuit."""
+    """Decide what follows an exit: restart, stay stopped (an idle stop), or open the circuit."""
     history = _prune(history, now, policy)
     if facts.stop_requested:
         return Decision(Verdict.STAY_STOPPED, history)
@@ -131,21 +140,10 @@ def after_exit(
         )
     long_run = facts.ran_s >= policy.healthy_run_s
     if not (facts.clean and long_run):
-        history = replace(history, failures=(*history.failures, now))
-    if len(history.failures) >= policy.max_failures:
-        history = replace(history, open_until=now + policy.cooldown_s)
-        return _circuit_open(history, now, name, policy)
-    if not has_pending_work:
-        return Decision(
-            Verdict.STAY_STOPPED,
-            history,
-            user_message=(
-                f"Your user endpoint {name!r} stopped unexpectedly ({facts.description});"
-                " tasks it was running did not finish. Submit them again; if this keeps"
-                " happening, ask the endpoint administrator."
-            ),
-            admin_message=f"user endpoint {name!r} {facts.description}; nothing waits, not restarted",
-        )
+        failed = _failure(history, now, name, policy)
+        if isinstance(failed, Decision):
+            return failed
+        history = failed
     restarts = 0 if long_run else history.restarts
     delay = (
         0.0 if restarts == 0 else min(policy.max_delay_s, policy.base_delay_s * 2 ** (restarts - 1))
@@ -155,8 +153,8 @@ def after_exit(
         replace(history, restarts=restarts + 1),
         delay_s=delay,
         admin_message=(
-            f"user endpoint {name!r} {facts.description or 'exited'} with work pending;"
-            f" restart in {delay:.1f} s"
+            f"user endpoint {name!r} {facts.description or 'exited'}"
+            f"{' with work pending' if has_pending_work else ''}; restart in {delay:.1f} s"
         ),
     )
 
@@ -170,6 +168,11 @@ def before_start(name: str, history: History, now: float, policy: RestartPolicy)
 
 
 def after_start_failure(name: str, history: History, now: float, policy: RestartPolicy) -> Decision:
-    """A spawn that failed before exec counts as a failure like a crash does."""
-    facts = ExitFacts(clean=False, ran_s=0.0, stop_requested=False, description="failed to start")
-    return after_exit(name, facts, False, history, now, policy)
+    """A spawn that failed before exec counts as a failure; its submitter is told already."""
+    history = _prune(history, now, policy)
+    if history.open_until is not None:
+        return _circuit_open(history, now, name, policy)
+    failed = _failure(history, now, name, policy)
+    if isinstance(failed, Decision):
+        return failed
+    return Decision(Verdict.STAY_STOPPED, failed, admin_message=f"{name!r} failed to start")

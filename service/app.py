@@ -25,6 +25,7 @@ from service.broker_provisioning import Provisioner, load_key
 from service.context import Service, Settings
 from service.forwarder import Forwarder
 from service.housekeeper import Housekeeper
+from service.request_limits import RequestLimits
 from service.routing import Topology
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.service = svc
     errors.install(app)
+    app.add_middleware(RequestLimits)
 
     @app.get("/v2/version", tags=["service"])
     def version(service: str | None = None) -> dict:

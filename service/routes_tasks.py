@@ -99,11 +99,21 @@ def _check_access(
         raise ApiError(denied.status, denied.message, denied.code)
 
 
+MAX_TASKS_PER_SUBMIT = 10_000
+
+
 def _journal(
     s: Session, svc: Service, endpoint_id: str, body: bodies.Submission, who: auth.Caller
 ) -> tuple[
     schema.TaskGroup, schema.UserEndpoint, bytes, dict[str, list[str]], list[tuple[bytes, dict]]
 ]:
+    count = sum(len(payloads) for payloads in body.tasks.values())
+    if count > MAX_TASKS_PER_SUBMIT:
+        raise ApiError(
+            413,
+            f"{count} tasks in one submit; at most {MAX_TASKS_PER_SUBMIT} are accepted,"
+            " send the rest in further submits",
+        )
     ep = visible_endpoint(s, who, endpoint_id)
     functions = {str(fid): visible_function(s, who, str(fid)) for fid in body.tasks}
     _check_access(s, ep, who, list(functions))

@@ -90,17 +90,29 @@ def configure(
     typer.echo(f"  - start the endpoint: compute-endpoint start {name}")
 
 
+MAX_OPTION_FILE = 16 << 20
+
+
 def _read_json(source: str, what: str) -> t.Any:
+    """A JSON file (or stdin), with a message for every way it can be unusable."""
     import json
     import sys
 
     try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-        return json.loads(text)
+        if source == "-":
+            raw = sys.stdin.buffer.read(MAX_OPTION_FILE + 1)
+        else:
+            with open(source, "rb") as f:
+                raw = f.read(MAX_OPTION_FILE + 1)
+        if len(raw) > MAX_OPTION_FILE:
+            _fail(f"the {what} is larger than {MAX_OPTION_FILE >> 20} MiB")
+        return json.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         _fail(f"cannot read the {what}: {exc}")
     except json.JSONDecodeError as exc:
         _fail(f"the {what} is not valid JSON: {exc}")
+    except RecursionError:
+        _fail(f"the {what} nest too deeply to read (keep them to a few levels)")
 
 
 def _mapped_identity(user: str | None) -> dict:

@@ -179,6 +179,12 @@ class RunningService:
         self.stop()
         self.start()
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown at all, as a crash or an OOM kill would leave it."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
 
@@ -234,20 +240,23 @@ def port_5000_lock():
 
 @pytest.fixture(scope="session")
 def compute_service(tmp_path_factory, rabbit_vhost):
-    """The service on port 5000 with a SQLite database, for the whole session."""
+    """The service on port 5000 for the whole session, on PostgreSQL (its production
+    store) when a server answers, else on SQLite."""
     tmp = tmp_path_factory.mktemp("compute-service")
-    svc = RunningService(
-        port=SDK_PORT,
-        db_url=f"sqlite:///{tmp / 'service.db'}",
-        amqp_url=rabbit_vhost,
-        log_path=tmp / "service.log",
-    )
-    with port_5000_lock():
-        svc.start()
-        try:
-            yield svc
-        finally:
-            svc.stop()
+    with contextlib.ExitStack() as stack:
+        if _postgres_answers():
+            db_url = stack.enter_context(private_schema())
+        else:
+            db_url = f"sqlite:///{tmp / 'service.db'}"
+        svc = RunningService(
+            port=SDK_PORT, db_url=db_url, amqp_url=rabbit_vhost, log_path=tmp / "service.log"
+        )
+        with port_5000_lock():
+            svc.start()
+            try:
+                yield svc
+            finally:
+                svc.stop()
 
 
 @pytest.fixture(scope="session")
@@ -301,11 +310,9 @@ def _postgres_answers() -> bool:
     return False
 
 
-@pytest.fixture
-def postgres_url():
+@contextlib.contextmanager
+def private_schema():
     """A URL whose connections use a fresh schema in database ``test``; dropped after."""
-    if not _postgres_answers():
-        pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432")
     import psycopg
 
     schema = f"ca_test_{uuid.uuid4().hex[:10]}"
@@ -318,6 +325,14 @@ def postgres_url():
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute("SET lock_timeout = '20s'")
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def postgres_url():
+    if not _postgres_answers():
+        pytest.skip("no PostgreSQL server answers on 127.0.0.1:5432")
+    with private_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

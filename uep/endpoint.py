@@ -23,6 +23,7 @@ import os
 import queue
 import random
 import signal
+import sqlite3
 import threading
 import time
 import typing as t
@@ -90,6 +91,7 @@ class UserEndpoint:
         self.stop_reason: str | None = None
         self._idle = IdleState()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
+        self._unstored: list[tuple[str, bytes]] = []
         self._wake_lock = threading.Lock()
         self._wake_pending = False
         self._session: Session | None = None
@@ -199,10 +201,14 @@ class UserEndpoint:
         return None
 
     def take_results(self) -> list[tuple[str, bytes]]:
-        """Engine results ready now, minus those already answered some other way."""
+        """Engine results ready now and stored, minus those already answered some other way.
+
+        A result that cannot be stored (a full disk, a quota) stays in memory and
+        is tried again at the next call; it is not published before it is stored.
+        """
         with self._wake_lock:
             self._wake_pending = False
-        batch = []
+        batch, self._unstored = self._unstored, []
         while True:
             try:
                 task_id, packed = self._results.get_nowait()
@@ -215,8 +221,17 @@ class UserEndpoint:
             else:
                 log.info("dropping late result of task %s (already answered)", task_id)
         if batch:
-            self.store.add_results(batch)
+            try:
+                self.store.add_results(batch)
+            except sqlite3.Error as e:
+                log.warning("cannot store %d result(s) yet (%s); will retry", len(batch), e)
+                self._unstored = batch
+                return []
         return batch
+
+    @property
+    def results_unstored(self) -> bool:
+        return bool(self._unstored)
 
     def _collect_offline(self) -> None:
         self.take_results()
@@ -237,7 +252,10 @@ class UserEndpoint:
         unfinished = self.store.unfinished_tasks()
         if unfinished:
             log.warning("answering %d unfinished task(s): %s", len(unfinished), why)
-            self.store.add_results([(tid, self._lost(tid, why)) for tid, _b, _h in unfinished])
+            try:
+                self.store.add_results([(tid, self._lost(tid, why)) for tid, _b, _h in unfinished])
+            except sqlite3.Error as e:  # they stay journaled: the next start answers them
+                log.error("cannot store the answers of unfinished tasks: %s", e)
 
     def heartbeat_state(self, active: bool) -> dict:
         """What a heartbeat says; a goodbye (``active`` false) skips the engine's figures,

@@ -9,10 +9,12 @@ heartbeat queue, which the service turns into the text of their exception.
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import logging
 import os
 import pwd
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -29,7 +31,9 @@ from wire.queue_info import AmqpCreds
 log = logging.getLogger("uep")
 
 EX_DATAERR = 65
+EX_TEMPFAIL = 75
 EX_CONFIG = 78
+SHORT_OF_ROOM = (errno.ENOSPC, errno.EDQUOT)
 STOP_GRACE_S = 10.0
 
 
@@ -77,6 +81,13 @@ def report_startup_failure(creds: AmqpCreds, message: str, port: int | None = No
             conn.close()
     except Exception as e:
         log.error("could not report the start-up failure to the service: %s", e)
+
+
+def _short_of_room(error: BaseException) -> bool:
+    """A full disk or quota: from the OS, or from SQLite, which says so in words."""
+    if isinstance(error, OSError) and error.errno in SHORT_OF_ROOM:
+        return True
+    return isinstance(error, sqlite3.OperationalError) and "full" in str(error)
 
 
 def _lock(directory: Path) -> PidFile:
@@ -180,15 +191,22 @@ def _serve(name: str, payload: LaunchPayload, creds: AmqpCreds) -> int:
         lock = _lock(directory)
         _run_setup(config.endpoint_setup)
         store = Store(directory / "uep_state.sqlite3")
+        (directory / "endpoint.json").write_text(
+            json.dumps({"endpoint_id": str(creds.endpoint_id)})
+        )
         engine = build_engine(config.engine)
         engine.start(str(creds.endpoint_id), directory)
     except Exception as e:
-        log.exception("user endpoint %s failed to start", name)
-        report_startup_failure(creds, f"Endpoint failed to start: {e}", port)
         if engine is not None:
             engine.shutdown()
+        if _short_of_room(e):
+            # Transient: the manager starts us again after a backoff, and its circuit
+            # breaker tells the submitters if the room never comes back.
+            log.error("user endpoint %s cannot start yet: %s", name, e)
+            return EX_TEMPFAIL
+        log.exception("user endpoint %s failed to start", name)
+        report_startup_failure(creds, f"Endpoint failed to start: {e}", port)
         return EX_CONFIG
-    (directory / "endpoint.json").write_text(json.dumps({"endpoint_id": str(creds.endpoint_id)}))
     allowed = payload.allowed_functions or config.allowed_functions
     settings = Settings(
         heartbeat_period=config.heartbeat_period,

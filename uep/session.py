@@ -332,6 +332,8 @@ class Session:
             self.begin_stop()
         if self.resend_due and not self.stopping:
             self._resend_stored()
+        if self.ep.results_unstored:
+            self.collect_results()
         self.conn.ioloop.call_later(1.0, self._watch)
 
     # -- stopping

@@ -101,4 +101,15 @@ class _Transaction:
         return self._db
 
     def __exit__(self, kind, value, tb) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        """Commit; on any failure (a full disk fails the commit itself) leave no
+        transaction open, so the next one can begin once there is room."""
+        try:
+            if kind is None:
+                self._db.execute("COMMIT")
+                return
+        except sqlite3.Error:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")

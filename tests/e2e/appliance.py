@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import typing as t
 import urllib.parse
 import uuid
 from pathlib import Path
@@ -73,11 +74,12 @@ class Manager:
     id: str
     dir: Path
     root: Path
-    process: subprocess.Popen
+    process: subprocess.Popen | None
     service: RunningService
     clients: dict[str, dict]
     users: tuple
     cli: tuple[str, ...] = (sys.executable, "-m", "mep.cli")
+    start: t.Callable[[], None] = lambda: None
 
     def log(self) -> str:
         return (self.dir / "endpoint.log").read_text(errors="replace")
@@ -134,29 +136,45 @@ def running_manager(
             f.write("\n" + config)
     (directory / "user_config_template.yaml.j2").write_text(template)
     (directory / "user_config_schema.json").write_text(json.dumps(schema))
-    out = open(root / "manager.out", "w")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [*cli, "start", "ep", "--config-dir", str(root)],
-        env=dict(client_env(service, admin), CA_ROOT_ONLY_MARKER="root-secret"),
+    out = open(root / "manager.out", "a")  # noqa: SIM115 - closed below
+    env = dict(client_env(service, admin), CA_ROOT_ONLY_MARKER="root-secret")
+    mgr = Manager("", directory, root, None, service, clients, (), cli)
+    mgr.users = tuple(pwd.getpwnam(a) for a in routes.values())
+    mgr.start = lambda: _start_manager(mgr, env, out)
+    try:
+        mgr.start()
+        yield mgr
+    finally:
+        stop_manager(mgr)
+        out.close()
+
+
+def _start_manager(mgr: Manager, env: dict, out) -> None:
+    """Start (or start again) ``mgr``'s manager process; it prints its endpoint id."""
+    mgr.process = subprocess.Popen(
+        [*mgr.cli, "start", "ep", "--config-dir", str(mgr.root)],
+        env=env,
         stdout=subprocess.PIPE,
         stderr=out,
         text=True,
     )
-    try:
-        endpoint_id = process.stdout.readline().strip()
-        assert process.poll() is None, (root / "manager.out").read_text()
-        uuid.UUID(endpoint_id)
-        users = tuple(pwd.getpwnam(a) for a in routes.values())
-        yield Manager(endpoint_id, directory, root, process, service, clients, users, cli)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(45)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-        out.close()
+    endpoint_id = mgr.process.stdout.readline().strip()
+    assert mgr.process.poll() is None, (mgr.root / "manager.out").read_text()
+    uuid.UUID(endpoint_id)
+    assert mgr.id in ("", endpoint_id), "the manager came back under another id"
+    mgr.id = endpoint_id
+
+
+def stop_manager(mgr: Manager) -> None:
+    """SIGTERM, then SIGKILL if it lingers."""
+    process = mgr.process
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(75)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
 
 
 def submit(mgr: Manager, who: str, script: Path, *args: str, user_dir: Path) -> dict:

@@ -302,6 +302,7 @@ def test_render_reports_a_missing_option(endpoint_cli, base, tmp_path):
         (("-e", "site", "-o", "/nonexistent.json"), "", "cannot read the user options"),
         (("-e", "site", "-o", "-", "--user", "no-such-user-xyz"), "{}", "no local user"),
         (("-e", "../etc", "-o", "-"), "{}", "invalid endpoint name"),
+        (("-e", "site", "-o", "-"), '{"a": ' * 2000 + "1" + "}" * 2000, "nest too deeply"),
     ],
 )
 def test_render_usage_errors_exit_2(endpoint_cli, base, endpoint, args, stdin, fragment):

@@ -60,11 +60,10 @@ def test_a_crash_with_work_waiting_is_restarted_and_counts_as_a_failure():
     assert again.restart and again.delay_s == 1.0
 
 
-def test_a_crash_with_nothing_waiting_tells_the_submitters_of_what_it_ran():
+def test_a_crash_with_nothing_waiting_is_restarted_to_answer_what_it_had_taken():
     d = after_exit("ep", CRASH, False, History(), 100.0, POLICY)
-    assert d.verdict is Verdict.STAY_STOPPED and d.history.failures == (100.0,)
-    assert "stopped unexpectedly (return code 1)" in d.user_message
-    assert "did not finish" in d.user_message
+    assert d.verdict is Verdict.RESTART and d.history.failures == (100.0,)
+    assert d.user_message == "" and "return code 1" in d.admin_message
 
 
 def test_a_clean_idle_stop_says_nothing_to_anyone():
