@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 OFFICIAL_VENV ?= $(VENV_ROOT)/official-endpoint-4.19
 OFFICIAL_ENDPOINT := $(OFFICIAL_VENV)/bin/globus-compute-endpoint
 
-.PHONY: all venv install services official-endpoint test lint demo rpm clean
+.PHONY: all venv install services official-endpoint test lint demo soak rpm clean
 
 all: test
 
@@ -61,6 +61,13 @@ test: install services official-endpoint lint
 
 demo: install services
 	$(BIN)/python -m bench.demo
+
+# Several minutes of load on one manager (not part of `make test`): 50 identities
+# at once, then CYCLES user endpoint start/stop cycles with the manager's memory,
+# descriptors and cgroups measured; writes bench/results/soak.json.
+CYCLES ?= 1000
+soak: install services
+	$(BIN)/python -m bench.soak --cycles $(CYCLES)
 
 # The RPM builds its own venv from /usr/bin/python3; it needs no development venv.
 rpm:
