@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,7 +71,7 @@ def manager_facts(mgr) -> dict:
         line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
     )
     base = Path(f"/sys/fs/cgroup/unified/compute-agent.{mgr.id}")
-    cells = sum(1 for _ in base.glob("*/*")) if base.exists() else 0
+    cells = sum(1 for path in base.glob("*/*") if path.is_dir()) if base.exists() else 0
     return {
         "rss_kib": int(status["VmRSS"].split()[0]),
         "open_fds": len(os.listdir(f"/proc/{pid}/fd")),
@@ -86,7 +87,10 @@ def crowd(mgr, tmp: Path, identities: int, tasks: int) -> dict:
     def one(n: int) -> tuple[int, list]:
         who = f"user{n}"
         env = client_env(mgr.service, mgr.clients[who], tmp / f"sdk-{n}")
-        done = run(sys.executable, str(script), mgr.id, str(tasks), env=env, timeout=600)
+        try:
+            done = run(sys.executable, str(script), mgr.id, str(tasks), env=env, timeout=600)
+        except subprocess.TimeoutExpired:
+            return n, [("error", "no answer within 600 s")]
         if done.returncode != 0:
             return n, [("error", done.stderr[-500:])]
         return n, json.loads(done.stdout.strip().splitlines()[-1])
@@ -95,6 +99,9 @@ def crowd(mgr, tmp: Path, identities: int, tasks: int) -> dict:
     with concurrent.futures.ThreadPoolExecutor(identities) as pool:
         outcomes = dict(pool.map(one, range(identities)))
     seconds = time.monotonic() - started
+    for n, answers in outcomes.items():
+        if answers and answers[0][0] == "error":
+            say(f"identity {n}: {answers[0][1][-300:]}")
     right = sum(
         1
         for n, answers in outcomes.items()
@@ -174,9 +181,11 @@ def main() -> None:
         say(f"manager {mgr.id}, {len(users)} local accounts")
         first = crowd(mgr, tmp, args.identities, args.tasks)
         say(f"crowd: {first}")
-        deadline = time.monotonic() + 120
+        if first["right"] < first["tasks"]:
+            say("manager log:\n" + mgr.log()[-4000:])
+        deadline = time.monotonic() + 300
         while manager_children(mgr.process.pid) and time.monotonic() < deadline:
-            time.sleep(1)
+            time.sleep(1)  # the crowd's user endpoints stop when idle
         second = cycles(mgr, args.cycles, min(args.parallel, args.identities))
         say(f"cycles: {second}")
     report(first, second)

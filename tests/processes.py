@@ -25,3 +25,26 @@ def zombie_children(parent: int | None = None) -> list[int]:
         if int(fields[1]) == parent and fields[0] == "Z":
             zombies.append(int(entry.name))
     return zombies
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def processes_of(uid: int) -> dict[int, str]:
+    """Every live (non-zombie) process of ``uid``: pid -> command line."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid == uid and alive(int(entry.name)):
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return {pid: cmd.decode(errors="replace") for pid, cmd in found.items()}

@@ -38,7 +38,7 @@ def local_accounts(count: int, tag: str):
     """``count`` researchers' accounts sharing a supplementary group; removed afterwards."""
     suffix = uuid.uuid4().hex[:6]
     group = f"ca-{tag}-{suffix}"
-    names = [f"ca-{tag}-{suffix}-{chr(97 + i)}" for i in range(count)]
+    names = [f"ca-{tag}-{suffix}-{chr(97 + i) if i < 26 else i}" for i in range(count)]
     admin_command("groupadd", group)
     try:
         for name in names:

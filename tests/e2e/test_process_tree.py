@@ -33,6 +33,7 @@ from tests.e2e.appliance import (
     user_endpoint_logs,
 )
 from tests.fixtures_service import REPO
+from tests.processes import processes_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates local users")
 
@@ -58,23 +59,6 @@ SCHEMA = {
 }
 BUSY = {"idle": 50}
 IDLE = {"idle": 1}
-
-
-def processes_of(uid: int) -> dict[int, str]:
-    """Every live (non-zombie) process of ``uid``: pid -> command line."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if entry.stat().st_uid != uid:
-                continue
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            if state != "Z":
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return {pid: cmd.decode(errors="replace") for pid, cmd in found.items()}
 
 
 def gone_within(uid: int, seconds: float) -> dict[int, str]:

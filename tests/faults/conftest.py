@@ -18,6 +18,7 @@ COLUMNS = (
     "errors",
     "lost",
     "answered_twice",
+    "duplicates",
     "ran_twice",
     "seconds",
 )

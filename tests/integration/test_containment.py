@@ -16,6 +16,7 @@ import pytest
 
 from mep.containment import Containment, Layout, current_layout
 from templates.manager_config import Limits
+from tests.processes import alive
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="writes cgroupfs")
 LAYOUT = current_layout()
@@ -38,14 +39,6 @@ LEAVE_DAEMON = textwrap.dedent(
     time.sleep(600)
     """
 )
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def spawn_in(fds: tuple[int, ...], code: str) -> subprocess.Popen:

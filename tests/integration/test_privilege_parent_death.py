@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -27,6 +26,7 @@ from tests.integration.test_privilege_spawn import (  # noqa: F401 (fixtures)
     started,
     wait_for_log,
 )
+from tests.processes import alive
 
 pytestmark = [
     pytest.mark.root,
@@ -73,14 +73,6 @@ def reap_orphan(pid: int, timeout: float = 30.0) -> int | None:
             return os.waitstatus_to_exitcode(status)
         time.sleep(0.05)
     return None
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def spawn_via_intermediate(req, use_pam=False, pam_service="compute-agent"):
