@@ -61,12 +61,15 @@ def map_identity(
     if nothing matched or the account policy refuses; exits 2 for an invalid
     mapping file or identity set.
     """
+    from identity.external import run_program
     from identity.mapping import NIL_GATEWAY_ID, MappingConfigError, load_mapping_file
     from identity.policy import AccountPolicy, Refused, check_account
 
     identities = _identities_or_exit(identity_set, username)
     try:
-        mapper = load_mapping_file(config, storage_gateway=endpoint_id or NIL_GATEWAY_ID)
+        mapper = load_mapping_file(
+            config, storage_gateway=endpoint_id or NIL_GATEWAY_ID, runner=run_program
+        )
     except MappingConfigError as error:
         _fail(EXIT_INVALID, f"invalid identity mapping configuration: {error}")
     for warning in mapper.warnings:

@@ -80,6 +80,14 @@ class ExternalDocument:
     run_as: str | None = None
 
 
+@dataclass(frozen=True)
+class ProgramAnswer:
+    """What an external program said: (identity id, output) pairs, or why it failed."""
+
+    results: tuple[tuple[str, str], ...] = ()
+    error: str | None = None
+
+
 def load_documents(data: object) -> tuple[tuple, tuple[str, ...]]:
     """Parse a configuration: (documents in order, warnings), or raise MappingConfigError."""
     if not isinstance(data, list):

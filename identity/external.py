@@ -29,7 +29,7 @@ import signal
 import subprocess
 from shlex import join
 
-from identity.mapping import ExternalDocument, ProgramAnswer
+from identity.documents import ExternalDocument, ProgramAnswer
 
 INPUT_TYPE = "identity_mapping_input#1.0.0"
 OUTPUT_TYPE = "identity_mapping_output#1.0.0"

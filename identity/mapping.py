@@ -4,9 +4,9 @@ Pure on purpose: no AMQP, no fork, no module state. The manager, the
 ``map-identity`` admin command and the tests all build a :class:`Mapper` from
 the same JSON list admins already use with Globus Connect Server / Globus
 Compute (parsed and checked by :mod:`identity.documents`). External-program
-documents are the one impure part; they run through an injectable ``runner``
-(by default :func:`identity.external.run_program`, imported only when such a
-document is actually evaluated).
+documents are the one impure part; they run through the ``runner`` the caller
+gives (:func:`identity.external.run_program` for the manager and the CLI, a
+fake in tests); this module never imports it.
 
 Precedence is the official one: document order, then rule order, then
 identity-set order (for an external program: the order of its answers); the
@@ -27,6 +27,7 @@ from identity.documents import (
     ExpressionRule,
     ExternalDocument,
     MappingConfigError,
+    ProgramAnswer,
     load_documents,
 )
 
@@ -46,14 +47,6 @@ __all__ = [
 POSIX_CONNECTOR_ID = "145812c8-decc-41f1-83cf-bb2a85a2a70b"
 NIL_GATEWAY_ID = "00000000-0000-0000-0000-000000000000"
 MAPPED_STATUSES = ("used", "private")
-
-
-@dataclass(frozen=True)
-class ProgramAnswer:
-    """What an external program said: (identity id, output) pairs, or why it failed."""
-
-    results: tuple[tuple[str, str], ...] = ()
-    error: str | None = None
 
 
 Runner = Callable[[ExternalDocument, list, str, str], ProgramAnswer]
@@ -148,9 +141,7 @@ class Mapper:
     def _evaluate_external(self, document: ExternalDocument, identities: list) -> list:
         runner = self.runner
         if runner is None:
-            from identity.external import run_program
-
-            runner = run_program
+            return [TraceStep(document.index, "external", False, "no program runner was given")]
         valid = [(index, view) for index, view in identities if view is not None]
         answer = runner(document, [view for _, view in valid], self.connector, self.storage_gateway)
         return _external_steps(document, valid, answer)

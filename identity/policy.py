@@ -32,24 +32,29 @@ class AccountPolicy:
 
 @dataclass(frozen=True)
 class PasswdEntry:
+    """A password-database record, before any policy has looked at it."""
+
     name: str
     uid: int
     gid: int
     home: str
     shell: str
+    gecos: str = ""
 
 
 @dataclass(frozen=True)
-class Allowed:
-    """The local account to run as, with what the launcher and templates need."""
+class LocalAccount:
+    """The local account to run as: what the policy allowed, the privileged edge
+    switches to, and templates see as ``_GC.mapped_identity.local``."""
 
     name: str
     uid: int
     gid: int
     groups: tuple[int, ...]
-    group_names: tuple[str, ...]
     home: str
     shell: str
+    group_names: tuple[str, ...] = ()
+    gecos: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,9 @@ def passwd_lookup(name: str) -> PasswdEntry | None:
         entry = pwd.getpwnam(name)
     except (KeyError, ValueError, UnicodeEncodeError):
         return None
-    return PasswdEntry(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, entry.pw_shell)
+    return PasswdEntry(
+        entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, entry.pw_shell, entry.pw_gecos
+    )
 
 
 def group_lookup(name: str, gid: int) -> tuple[tuple[int, str], ...]:
@@ -86,7 +93,7 @@ def check_account(
     *,
     lookup_user: Callable[[str], PasswdEntry | None] = passwd_lookup,
     lookup_groups: Callable[[str, int], tuple[tuple[int, str], ...]] = group_lookup,
-) -> Allowed | Refused:
+) -> LocalAccount | Refused:
     """Decide whether the mapped ``local_user`` may run; the first failing rule refuses."""
     entry = lookup_user(local_user) if local_user else None
     if entry is None:
@@ -118,14 +125,15 @@ def check_account(
             f"{who} is in groups {list(names)}, none of allowed_groups "
             f"{list(policy.allowed_groups)}",
         )
-    return Allowed(
+    return LocalAccount(
         entry.name,
         entry.uid,
         entry.gid,
         tuple(gid for gid, _ in memberships),
-        names,
         entry.home,
         entry.shell,
+        names,
+        entry.gecos,
     )
 
 

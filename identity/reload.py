@@ -15,6 +15,7 @@ import os
 import threading
 from pathlib import Path
 
+from identity.external import run_program
 from identity.mapping import Mapper, MappingConfigError, load_mapping_file
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class MappingSource:
         self._options = load_options
         self._lock = threading.Lock()
         self._signature = file_signature(self.path)
-        self._mapper = load_mapping_file(self.path, **load_options)
+        self._mapper = load_mapping_file(self.path, runner=run_program, **load_options)
         self.last_error: str | None = None
         self._log_warnings(self._mapper)
 
@@ -59,7 +60,7 @@ class MappingSource:
     def _reread(self) -> bool:
         self._signature = file_signature(self.path)
         try:
-            mapper = load_mapping_file(self.path, **self._options)
+            mapper = load_mapping_file(self.path, runner=run_program, **self._options)
         except MappingConfigError as error:
             self.last_error = str(error)
             log.error(

@@ -28,8 +28,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from identity.policy import LocalAccount
 from mep import restart_policy as policy_rules
-from mep.privilege import LocalAccount, Spawned, signal_as_user
+from mep.privilege import Spawned, signal_as_user
 from mep.restart_policy import Decision, ExitFacts, History, RestartPolicy
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,9 @@ import typing as t
 from collections.abc import Callable, Mapping, Sequence
 
 from identity.mapping import MappingOutcome
-from identity.policy import Allowed, Refused
+from identity.policy import LocalAccount, Refused
 from mep.command import Properties, Rejection, StartCommand, parse_command
+from templates.manager_config import Limits
 from wire.queue_info import BrokerAddress, rewrite_port
 
 
@@ -36,14 +37,6 @@ class RenderedConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Limits:
-    """How many user endpoints may run: per local account and in all (None = no limit)."""
-
-    per_user: int | None = None
-    total: int | None = None
-
-
-@dataclasses.dataclass(frozen=True)
 class Running:
     """A user endpoint the manager runs: whose it is and which id it serves."""
 
@@ -51,7 +44,7 @@ class Running:
     endpoint_id: str
 
 
-RenderFn = Callable[[StartCommand, Allowed, dict], RenderedConfig | Rejection]
+RenderFn = Callable[[StartCommand, LocalAccount, dict], RenderedConfig | Rejection]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,13 +56,13 @@ class DecisionContext:
     its own account, accepting only its owner's Globus identities) is set.
     """
 
-    check_account: Callable[[str], Allowed | Refused]
+    check_account: Callable[[str], LocalAccount | Refused]
     render: RenderFn
     manager_pid: int
     running: Mapping[str, Running] = dataclasses.field(default_factory=dict)
-    limits: Limits = Limits()
+    limits: Limits = dataclasses.field(default_factory=Limits)
     map_identity: Callable[[Sequence[dict]], MappingOutcome] | None = None
-    owner: Allowed | None = None
+    owner: LocalAccount | None = None
     owner_identities: frozenset[str] = frozenset()
     broker: BrokerAddress | None = None
     amqp_port: int | None = None
@@ -81,7 +74,7 @@ class LaunchPlan:
     """Everything needed to start one user endpoint, decided but not yet done."""
 
     command: StartCommand
-    account: Allowed
+    account: LocalAccount
     rendered: RenderedConfig
     ep_info: dict
 
@@ -133,7 +126,7 @@ def _subs(identity_set: Sequence[dict]) -> set[str]:
     return {str(i.get("sub") or i.get("id")) for i in identity_set if i.get("sub") or i.get("id")}
 
 
-def _identify(cmd: StartCommand, ctx: DecisionContext) -> tuple[Allowed, dict] | Rejection:
+def _identify(cmd: StartCommand, ctx: DecisionContext) -> tuple[LocalAccount, dict] | Rejection:
     """Who the command runs as, and the ep_info identity fields that go with it."""
     if ctx.map_identity is None:
         if ctx.owner is None or not _subs(cmd.identity_set) & ctx.owner_identities:
@@ -164,27 +157,28 @@ def _identify(cmd: StartCommand, ctx: DecisionContext) -> tuple[Allowed, dict] |
     return verdict, identity_info
 
 
-def _over_limit(cmd: StartCommand, account: Allowed, ctx: DecisionContext) -> Rejection | None:
+def _over_limit(cmd: StartCommand, account: LocalAccount, ctx: DecisionContext) -> Rejection | None:
     mine = sum(1 for r in ctx.running.values() if r.account == account.name)
-    if ctx.limits.per_user is not None and mine >= ctx.limits.per_user:
+    per_user, total = ctx.limits.max_user_endpoints_per_user, ctx.limits.max_user_endpoints
+    if per_user is not None and mine >= per_user:
         return _reject(
             cmd,
             "limit_per_user",
             f"You already have {mine} user endpoints running here (the limit is"
-            f" {ctx.limits.per_user}); wait for one to go idle or reuse its configuration",
-            f"local user {account.name!r} is at the per-user limit of {ctx.limits.per_user}",
+            f" {per_user}); wait for one to go idle or reuse its configuration",
+            f"local user {account.name!r} is at the per-user limit of {per_user}",
         )
-    if ctx.limits.total is not None and len(ctx.running) >= ctx.limits.total:
+    if total is not None and len(ctx.running) >= total:
         return _reject(
             cmd,
             "limit_total",
             "This endpoint is running as many user endpoints as it may; try again later",
-            f"total user endpoint limit {ctx.limits.total} reached",
+            f"total user endpoint limit {total} reached",
         )
     return None
 
 
-def mapped_identity(account: Allowed, globus_id: str | None) -> dict:
+def mapped_identity(account: LocalAccount, globus_id: str | None) -> dict:
     """``_GC.mapped_identity`` for the template: the local account and the Globus id."""
     local = {
         "uname": account.name,
@@ -197,7 +191,7 @@ def mapped_identity(account: Allowed, globus_id: str | None) -> dict:
     return {"local": local, "globus": {"id": globus_id}}
 
 
-def _refresh(cmd: StartCommand, account: Allowed, running: Running) -> Decision:
+def _refresh(cmd: StartCommand, account: LocalAccount, running: Running) -> Decision:
     """New credentials for a running user endpoint: only its own account, for its own id."""
     if running.account != account.name or running.endpoint_id != str(cmd.endpoint_id):
         refused = _reject(

@@ -137,11 +137,11 @@ def start(
     it runs until SIGTERM, stopping its user endpoints with a grace period.
     """
     from mep.manager import Manager
-    from mep.pidfile import AlreadyRunning, PidFile, running_pid
     from mep.registration import RegistrationError
     from mep.runtime import Runtime, RuntimeConfigError
     from templates.errors import ConfigError
     from templates.manager_config import load_manager_config
+    from templates.pidfile import AlreadyRunning, PidFile, running_pid
 
     directory = _existing_dir(name, config_dir)
     os.umask(0o077)
@@ -182,7 +182,7 @@ def start(
 
 
 def _wait_stopped(directory: Path, timeout_s: float) -> bool:
-    from mep.pidfile import running_pid
+    from templates.pidfile import running_pid
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -194,7 +194,7 @@ def _wait_stopped(directory: Path, timeout_s: float) -> bool:
 
 def stop_manager(directory: Path, timeout_s: float = STOP_WAIT_S) -> bool:
     """SIGTERM the manager, wait for it to stop its children, SIGKILL if it hangs."""
-    from mep.pidfile import running_pid
+    from templates.pidfile import running_pid
 
     pid = running_pid(directory)
     if not pid or pid < 0:
@@ -234,8 +234,8 @@ def restart(
 
 def endpoint_status(directory: Path) -> dict:
     """id, status (running / disconnected / stopped) and live user endpoints of one endpoint."""
-    from mep.pidfile import running_pid
     from mep.registration import read_endpoint_id
+    from templates.pidfile import running_pid
 
     try:
         endpoint_id = read_endpoint_id(directory)
@@ -285,7 +285,7 @@ def delete(
     config_dir: str = typer.Option(None, "--config-dir", help="Config root."),
 ) -> None:
     """Delete the endpoint at the service and remove its directory."""
-    from mep.pidfile import running_pid
+    from templates.pidfile import running_pid
 
     directory = _existing_dir(name, config_dir)
     if running_pid(directory):
@@ -337,7 +337,7 @@ def enable_on_boot(
     """
     from mep.boot import BootError
     from mep.boot import enable_on_boot as enable
-    from mep.pidfile import running_pid
+    from templates.pidfile import running_pid
 
     directory = _existing_dir(name, config_dir)
     try:

@@ -49,20 +49,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from identity.policy import LocalAccount
+
 PR_SET_PDEATHSIG = 1
 SPAWN_TIMEOUT_S = 60.0
 _FAILED = 127
 _LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-@dataclass(frozen=True)
-class LocalAccount:
-    name: str
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    home: str
-    shell: str
 
 
 @dataclass(frozen=True)

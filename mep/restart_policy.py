@@ -29,19 +29,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
-
-@dataclass(frozen=True)
-class RestartPolicy:
-    base_delay_s: float = 1.0
-    max_delay_s: float = 300.0
-    healthy_run_s: float = 60.0  # a run this long counts as healthy and resets the backoff
-    max_failures: int = 5
-    window_s: float = 600.0
-    cooldown_s: float = 900.0
-
-    def __post_init__(self) -> None:
-        if self.max_failures < 1 or min(self.base_delay_s, self.window_s, self.cooldown_s) <= 0:
-            raise ValueError(f"restart policy needs positive limits: {self}")
+from templates.manager_config import RestartPolicy
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ import typing as t
 from collections.abc import Mapping
 from pathlib import Path
 
-from identity.policy import AccountPolicy, Allowed, check_account, group_lookup
+from identity.policy import AccountPolicy, LocalAccount, check_account, group_lookup
 from identity.reload import MappingSource
 from mep.command import Rejection, StartCommand
-from mep.decision import DecisionContext, LaunchPlan, Limits, RenderedConfig, Running
+from mep.decision import DecisionContext, LaunchPlan, RenderedConfig, Running
 from mep.launch import (
     CredentialChannel,
     child_environment,
@@ -29,7 +29,7 @@ from mep.launch import (
     parse_user_environment,
     stdin_payload,
 )
-from mep.privilege import LocalAccount, SpawnError, SpawnRequest
+from mep.privilege import SpawnError, SpawnRequest
 from mep.registration import Registration, read_endpoint_id
 from templates.endpoint_dir import user_endpoint_paths
 
@@ -45,17 +45,18 @@ class RuntimeConfigError(Exception):
         self.exit_code = exit_code
 
 
-def _own_account() -> Allowed:
+def _own_account() -> LocalAccount:
     entry = pwd.getpwuid(os.getuid())
     memberships = group_lookup(entry.pw_name, entry.pw_gid)
-    return Allowed(
+    return LocalAccount(
         entry.pw_name,
         entry.pw_uid,
         entry.pw_gid,
         tuple(g for g, _ in memberships),
-        tuple(n for _, n in memberships),
         entry.pw_dir,
         entry.pw_shell,
+        tuple(n for _, n in memberships),
+        entry.pw_gecos,
     )
 
 
@@ -82,7 +83,7 @@ class Runtime:
     endpoint_dir: Path
     config: t.Any
     mapping: MappingSource | None = None
-    owner: Allowed | None = None
+    owner: LocalAccount | None = None
     owner_identities: frozenset[str] = frozenset()
 
     @classmethod
@@ -153,7 +154,7 @@ class Runtime:
             render=self.render,
             manager_pid=os.getpid(),
             running=running,
-            limits=Limits(limits.max_user_endpoints_per_user, limits.max_user_endpoints),
+            limits=limits,
             map_identity=self.mapping.current().map if self.mapping else None,
             owner=self.owner,
             owner_identities=self.owner_identities,
@@ -163,7 +164,7 @@ class Runtime:
         )
 
     def render(
-        self, cmd: StartCommand, account: Allowed, mapped: dict
+        self, cmd: StartCommand, account: LocalAccount, mapped: dict
     ) -> RenderedConfig | Rejection:
         from templates.rendering import RenderError, render_user_config
 
@@ -239,9 +240,7 @@ class Runtime:
             account.home, plan.command.name, paths.endpoint_dir, paths.endpoint_log
         )
         return SpawnRequest(
-            account=LocalAccount(
-                account.name, account.uid, account.gid, account.groups, account.home, account.shell
-            ),
+            account=account,
             argv=(executable, "_start-user-endpoint", plan.command.name),
             env=env,
             stdin_payload=payload,

@@ -13,7 +13,6 @@ import logging
 import typing as t
 from pathlib import Path
 
-from mep.restart_policy import RestartPolicy
 from templates import fields as f
 from templates.errors import ConfigError
 from templates.located_yaml import load_located
@@ -27,6 +26,23 @@ TEMPLATE_NAME = "user_config_template.yaml.j2"
 LEGACY_TEMPLATE_NAME = "user_config_template.yaml"
 SCHEMA_NAME = "user_config_schema.json"
 ENVIRONMENT_NAME = "user_environment.yaml"
+
+
+@dataclasses.dataclass(frozen=True)
+class RestartPolicy:
+    """How a failing user endpoint is restarted and when its circuit opens (the
+    ``restart`` section; :mod:`mep.restart_policy` applies it)."""
+
+    base_delay_s: float = 1.0
+    max_delay_s: float = 300.0
+    healthy_run_s: float = 60.0  # a run this long counts as healthy and resets the backoff
+    max_failures: int = 5
+    window_s: float = 600.0
+    cooldown_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        if self.max_failures < 1 or min(self.base_delay_s, self.window_s, self.cooldown_s) <= 0:
+            raise ValueError(f"restart policy needs positive limits: {self}")
 
 
 @dataclasses.dataclass(frozen=True)

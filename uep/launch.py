@@ -22,8 +22,8 @@ import time
 import uuid
 from pathlib import Path
 
-from mep.pidfile import AlreadyRunning, PidFile
 from templates.endpoint_dir import user_endpoint_paths
+from templates.pidfile import AlreadyRunning, PidFile
 from uep.payload import LaunchPayload, PayloadError, credential_source, parse_payload
 from wire.amqp import install_redaction
 from wire.queue_info import AmqpCreds

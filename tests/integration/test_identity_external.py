@@ -185,7 +185,9 @@ def expression():
     ],
 )
 def test_a_broken_program_does_not_stop_later_documents(document, reason):
-    outcome = load_mapping_documents([document, expression()]).map([CAROL, ALICE])
+    outcome = load_mapping_documents([document, expression()], runner=run_program).map(
+        [CAROL, ALICE]
+    )
     assert outcome.local_user == "x-alice"
     assert outcome.matched_identity is ALICE
     assert reason in outcome.trace[0].reason and not outcome.trace[0].matched
@@ -193,7 +195,7 @@ def test_a_broken_program_does_not_stop_later_documents(document, reason):
 
 def test_program_answer_order_decides(shared_dir):
     documents = [external("record_and_map.py", str(shared_dir / "r.json")), expression()]
-    outcome = load_mapping_documents(documents).map([CAROL, BOB, ALICE])
+    outcome = load_mapping_documents(documents, runner=run_program).map([CAROL, BOB, ALICE])
     assert outcome.local_user == "bob"
     assert outcome.matched_identity is BOB
     assert outcome.trace[0].identity == 1

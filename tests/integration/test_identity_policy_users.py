@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from identity.policy import AccountPolicy, Allowed, Refused, check_account
+from identity.policy import AccountPolicy, LocalAccount, Refused, check_account
 from tests.accounts import admin_command
 
 pytestmark = [
@@ -63,7 +63,7 @@ def test_regular_user_is_allowed_with_its_real_groups(local_users):
     extra = local_users.group()
     account = local_users.user(groups_=(extra,))
     verdict = check_account(account.pw_name, AccountPolicy(), MANAGER_UID)
-    assert isinstance(verdict, Allowed)
+    assert isinstance(verdict, LocalAccount)
     assert (verdict.name, verdict.uid, verdict.gid) == (
         account.pw_name,
         account.pw_uid,
@@ -86,7 +86,7 @@ def test_system_account_is_refused_unless_allow_listed(local_users):
     allowed = check_account(
         account.pw_name, AccountPolicy(allow_system_accounts=(account.pw_name,)), MANAGER_UID
     )
-    assert isinstance(allowed, Allowed) and allowed.uid == account.pw_uid
+    assert isinstance(allowed, LocalAccount) and allowed.uid == account.pw_uid
 
 
 def test_allowed_groups_admits_members_only(local_users):
@@ -94,7 +94,7 @@ def test_allowed_groups_admits_members_only(local_users):
     member = local_users.user(groups_=(members,))
     outsider = local_users.user()
     policy = AccountPolicy(allowed_groups=(members,))
-    assert isinstance(check_account(member.pw_name, policy, MANAGER_UID), Allowed)
+    assert isinstance(check_account(member.pw_name, policy, MANAGER_UID), LocalAccount)
     refused = check_account(outsider.pw_name, policy, MANAGER_UID)
     assert isinstance(refused, Refused) and refused.rule == "allowed_groups"
     assert members in refused.admin_message

@@ -366,3 +366,12 @@ def test_expression_document_before_external_means_the_program_is_not_run():
     mapper = load_mapping_documents([expression(rule()), external()], runner=runner)
     assert mapper.map([ALICE]).local_user == "alice"
     assert runner.calls == []
+
+
+def test_an_external_document_without_a_runner_is_a_trace_not_a_crash():
+    from identity.mapping import ExternalDocument, Mapper
+
+    mapper = Mapper((ExternalDocument(0, ("/bin/true",)),), (), "gw")
+    outcome = mapper.map([{"id": "a", "username": "a@x.org", "status": "used"}])
+    assert outcome.local_user is None
+    assert "no program runner" in outcome.trace[0].reason

@@ -9,7 +9,7 @@ import pytest
 
 from identity.policy import (
     AccountPolicy,
-    Allowed,
+    LocalAccount,
     PasswdEntry,
     Refused,
     check_account,
@@ -99,14 +99,15 @@ ALLOWED = [
 def test_allowed_accounts_carry_their_passwd_entry_and_groups(name, policy):
     verdict = check(name, **policy)
     entry = PASSWD[name]
-    assert verdict == Allowed(
+    assert verdict == LocalAccount(
         entry.name,
         entry.uid,
         entry.gid,
         tuple(gid for gid, _ in GROUPS[name]),
-        tuple(group for _, group in GROUPS[name]),
         entry.home,
         entry.shell,
+        tuple(group for _, group in GROUPS[name]),
+        entry.gecos,
     )
 
 

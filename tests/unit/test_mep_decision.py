@@ -9,17 +9,17 @@ import uuid
 import pytest
 
 from identity.mapping import load_mapping_documents
-from identity.policy import AccountPolicy, Allowed, PasswdEntry, check_account
+from identity.policy import AccountPolicy, LocalAccount, PasswdEntry, check_account
 from mep.command import Properties, Rejection, parse_command
 from mep.decision import (
     DecisionContext,
     LaunchPlan,
-    Limits,
     Refresh,
     RenderedConfig,
     Running,
     decide,
 )
+from templates.manager_config import Limits
 from wire.queue_info import BrokerAddress
 
 NOW = 1_800_000_000
@@ -287,7 +287,12 @@ def test_manager_own_uid_is_refused():
 def test_per_user_and_total_limits():
     one_running = {"uep.other": Running("alice", "e1")}
     rejected(
-        decide(props(), body(), NOW, context(running=one_running, limits=Limits(per_user=1))),
+        decide(
+            props(),
+            body(),
+            NOW,
+            context(running=one_running, limits=Limits(max_user_endpoints_per_user=1)),
+        ),
         "limit_per_user",
     )
     assert isinstance(
@@ -295,7 +300,10 @@ def test_per_user_and_total_limits():
             props(),
             body(),
             NOW,
-            context(running={"uep.b": Running("bob", "e2")}, limits=Limits(per_user=1)),
+            context(
+                running={"uep.b": Running("bob", "e2")},
+                limits=Limits(max_user_endpoints_per_user=1),
+            ),
         ),
         LaunchPlan,
     )
@@ -304,7 +312,7 @@ def test_per_user_and_total_limits():
             props(),
             body(),
             NOW,
-            context(running={"uep.b": Running("bob", "e2")}, limits=Limits(total=1)),
+            context(running={"uep.b": Running("bob", "e2")}, limits=Limits(max_user_endpoints=1)),
         ),
         "limit_total",
     )
@@ -340,7 +348,7 @@ def test_render_sees_the_mapped_identity():
 
 
 def owner_context(**overrides):
-    owner = Allowed("ops", 3000, 3000, (3000,), ("ops",), "/home/ops", "/bin/sh")
+    owner = LocalAccount("ops", 3000, 3000, (3000,), "/home/ops", "/bin/sh", ("ops",))
     return context(map_identity=None, owner=owner, owner_identities=frozenset({"b2"}), **overrides)
 
 

@@ -8,12 +8,11 @@ from types import SimpleNamespace
 import pytest
 from cryptography.fernet import Fernet
 
-from identity.policy import Allowed
+from identity.policy import LocalAccount
 from mep.audit import AuditLog, AuditWriteError, clean, record_line, session_line
 from mep.command import StartCommand
 from mep.decision import LaunchPlan, RenderedConfig
 from mep.launch import CredentialChannel, child_environment, parse_user_environment, stdin_payload
-from mep.pidfile import AlreadyRunning, PidFile, running_pid
 from mep.registration import (
     EX_SOFTWARE,
     RegistrationError,
@@ -21,6 +20,7 @@ from mep.registration import (
     registration_body,
     resolve_urls,
 )
+from templates.pidfile import AlreadyRunning, PidFile, running_pid
 from wire.queue_info import AmqpCreds
 
 URL = "amqp://u:p@127.0.0.1:5672/%2F"
@@ -40,8 +40,8 @@ def creds(queue="x.tasks"):
 
 
 def plan(runtime=None):
-    account = Allowed(
-        "alice", 2001, 2001, (2001, 3000), ("alice", "lab"), "/home/alice", "/bin/bash"
+    account = LocalAccount(
+        "alice", 2001, 2001, (2001, 3000), "/home/alice", "/bin/bash", ("alice", "lab")
     )
     command = StartCommand(
         "uep.1", creds(), ({"id": "a1"},), "a1", "alice@uni.edu", {}, runtime or {}

@@ -1,4 +1,4 @@
-"""One manager per endpoint directory, enforced with a locked PID file.
+"""One process per endpoint directory (a manager, a user endpoint), held with a locked PID file.
 
 Upstream judges staleness by the file's age; a kernel lock cannot go stale: it
 is held exactly as long as the process that took it lives, so a crashed manager
