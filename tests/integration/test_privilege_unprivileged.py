@@ -60,9 +60,12 @@ sys.stdin.read()
 
 @pytest.fixture(scope="module")
 def code_copy():
-    """``mep/`` copied where any user can read it."""
+    """``mep/`` and ``identity/`` (which it imports) copied where any user can read them."""
     path = Path(tempfile.mkdtemp(prefix="ca-pv-code-", dir="/tmp"))
-    shutil.copytree(REPO / "mep", path / "mep", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("mep", "identity"):
+        shutil.copytree(
+            REPO / package, path / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     subprocess.run(["chmod", "-R", "a+rX", str(path)], check=True)
     yield path
     shutil.rmtree(path)
