@@ -125,6 +125,15 @@ def check_account(
             f"{who} is in groups {list(names)}, none of allowed_groups "
             f"{list(policy.allowed_groups)}",
         )
+    return local_account(entry, memberships)
+
+
+def local_account(
+    entry: PasswdEntry, memberships: tuple[tuple[int, str], ...] | None = None
+) -> LocalAccount:
+    """The account an entry names, with its groups (looked up unless given)."""
+    if memberships is None:
+        memberships = group_lookup(entry.name, entry.gid)
     return LocalAccount(
         entry.name,
         entry.uid,
@@ -132,9 +141,36 @@ def check_account(
         tuple(gid for gid, _ in memberships),
         entry.home,
         entry.shell,
-        names,
+        tuple(name for _, name in memberships),
         entry.gecos,
     )
+
+
+def own_account() -> LocalAccount:
+    """The account this process runs as (an unprivileged manager's only account)."""
+    entry = pwd.getpwuid(os.getuid())
+    return local_account(
+        PasswdEntry(
+            entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, entry.pw_shell, entry.pw_gecos
+        )
+    )
+
+
+def mapped_identity(account: LocalAccount, globus_id: str | None) -> dict:
+    """``_GC.mapped_identity`` for templates: the local account and the Globus identity.
+
+    The one shape both ``render-user-config`` and a real start give a template.
+    """
+    local = {
+        "uname": account.name,
+        "uid": account.uid,
+        "gid": account.gid,
+        "groups": list(account.groups),
+        "gecos": account.gecos,
+        "shell": account.shell,
+        "dir": account.home,
+    }
+    return {"local": local, "globus": {"id": globus_id}}
 
 
 def _refuse(rule: str, user_reason: str, admin_reason: str, shown_rule: str = "") -> Refused:

@@ -60,7 +60,14 @@ class ExitRecord:
         return "stopped normally" if self.rc == 0 else f"return code {self.rc}"
 
     def facts(self) -> ExitFacts:
-        return ExitFacts(self.clean, self.ran_s, self.stop_requested, self.describe())
+        return ExitFacts(
+            self.clean,
+            self.ran_s,
+            self.stop_requested,
+            self.describe(),
+            refused=self.rc == policy_rules.REFUSED_EXIT,
+            final=self.rc == policy_rules.FINAL_EXIT,
+        )
 
 
 def _signal_name(number: int) -> str:

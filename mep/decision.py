@@ -1,14 +1,14 @@
 """The manager's decision core: a start command in, a launch plan or a rejection out.
 
 Pure: everything it needs (the identity mapper, the account policy, the
-template renderer, what is already running, where our broker is) arrives as
+template reader, what is already running, where our broker is) arrives as
 data or as a function in :class:`DecisionContext`, so every path is
 unit-testable without AMQP, fork or root. The order of checks after
 :func:`mep.command.parse_command` is: the broker the credentials lead to,
 identity (mapping, or the owner's identity set for an unprivileged manager),
 account policy; then a command for a running user endpoint is a credential
 refresh, allowed only for that endpoint's own account and id; otherwise
-per-user limits and template rendering.
+per-user limits, and reading the admin's template for the user endpoint to render.
 
 The credentials in a command must lead to the broker the manager registered
 with (scheme, host, port, vhost): a command can hand a user endpoint its
@@ -18,22 +18,14 @@ account, never send it, or root, somewhere else.
 from __future__ import annotations
 
 import dataclasses
-import typing as t
 from collections.abc import Callable, Mapping, Sequence
 
 from identity.mapping import MappingOutcome
-from identity.policy import LocalAccount, Refused
+from identity.policy import LocalAccount, Refused, mapped_identity
 from mep.command import Properties, Rejection, StartCommand, parse_command
 from templates.manager_config import Limits
+from templates.render_request import RenderRequest
 from wire.queue_info import BrokerAddress, rewrite_port
-
-
-@dataclasses.dataclass(frozen=True)
-class RenderedConfig:
-    """A user endpoint config rendered from the admin's template for one start."""
-
-    yaml_text: str
-    config: t.Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +36,8 @@ class Running:
     endpoint_id: str
 
 
-RenderFn = Callable[[StartCommand, LocalAccount, dict], RenderedConfig | Rejection]
+# Reads the admin's template files for one start: the manager never renders them.
+PrepareFn = Callable[[StartCommand, LocalAccount, dict], RenderRequest | Rejection]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +50,7 @@ class DecisionContext:
     """
 
     check_account: Callable[[str], LocalAccount | Refused]
-    render: RenderFn
+    prepare: PrepareFn
     manager_pid: int
     running: Mapping[str, Running] = dataclasses.field(default_factory=dict)
     limits: Limits = dataclasses.field(default_factory=Limits)
@@ -75,7 +68,7 @@ class LaunchPlan:
 
     command: StartCommand
     account: LocalAccount
-    rendered: RenderedConfig
+    render: RenderRequest  # rendered by the user endpoint, as its user
     ep_info: dict
 
 
@@ -178,19 +171,6 @@ def _over_limit(cmd: StartCommand, account: LocalAccount, ctx: DecisionContext) 
     return None
 
 
-def mapped_identity(account: LocalAccount, globus_id: str | None) -> dict:
-    """``_GC.mapped_identity`` for the template: the local account and the Globus id."""
-    local = {
-        "uname": account.name,
-        "uid": account.uid,
-        "gid": account.gid,
-        "groups": list(account.groups),
-        "dir": account.home,
-        "shell": account.shell,
-    }
-    return {"local": local, "globus": {"id": globus_id}}
-
-
 def _refresh(cmd: StartCommand, account: LocalAccount, running: Running) -> Decision:
     """New credentials for a running user endpoint: only its own account, for its own id."""
     if running.account != account.name or running.endpoint_id != str(cmd.endpoint_id):
@@ -222,11 +202,11 @@ def decide_start(cmd: StartCommand, ctx: DecisionContext) -> Decision:
     if limited:
         return limited
     globus_id = identity_info.get("globus_matched_identity")
-    rendered = ctx.render(cmd, account, mapped_identity(account, globus_id))
-    if isinstance(rendered, Rejection):
-        return rendered
+    prepared = ctx.prepare(cmd, account, mapped_identity(account, globus_id))
+    if isinstance(prepared, Rejection):
+        return prepared
     ep_info = {"posix_ppid": ctx.manager_pid, **identity_info}
-    return LaunchPlan(cmd, account, rendered, ep_info)
+    return LaunchPlan(cmd, account, prepared, ep_info)
 
 
 def decide(props: Properties, body: bytes, now: float, ctx: DecisionContext) -> Decision:

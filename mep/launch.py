@@ -88,11 +88,17 @@ def stdin_payload(
     mem_fd: int | None = None,
     enckey: str | None = None,
     audit_fd: int | None = None,
+    note_fd: int | None = None,
 ) -> bytes:
-    """The one JSON document the user endpoint reads on stdin (4.19 contract)."""
+    """The one JSON document the user endpoint reads on stdin.
+
+    The 4.19 contract, but with ``render`` (what to render, as the user) in place
+    of ``config`` (a config the manager rendered), and ``note_fd``, where the user
+    endpoint says why it refused to start.
+    """
     payload: dict[str, t.Any] = {
         "amqp_creds": plan.command.amqp_creds.to_dict(),
-        "config": plan.rendered.yaml_text,
+        "render": plan.render.to_document(),
         "ep_info": plan.ep_info,
     }
     if allowed_functions is not None:
@@ -102,6 +108,8 @@ def stdin_payload(
         payload["enckey"] = enckey
     if audit_fd is not None:
         payload["audit_fd"] = audit_fd
+    if note_fd is not None:
+        payload["note_fd"] = note_fd
     return json.dumps(payload).encode()
 
 
@@ -143,3 +151,30 @@ class CredentialChannel:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+NOTE_MAX = 4096
+
+
+def open_note_pipe() -> tuple[int, int]:
+    """(read end kept by the manager, write end for the user endpoint's ``note_fd``)."""
+    return os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+
+
+def read_note(fd: int) -> str | None:
+    """What a user endpoint left on its note pipe, made safe to log; None if nothing.
+
+    The user endpoint runs as its user, who may write anything there: only the
+    ``step`` and ``admin`` fields are used, control characters become spaces.
+    """
+    try:
+        raw = os.read(fd, NOTE_MAX)
+    except BlockingIOError:
+        return None
+    try:
+        note = json.loads(raw)
+        text = f"[{note['step']}] {note['admin']}"
+    except (ValueError, TypeError, KeyError):
+        text = raw.decode("utf-8", "replace") if raw else ""
+    text = "".join(c if c.isprintable() else " " for c in text).strip()
+    return text[:NOTE_MAX] or None

@@ -30,7 +30,7 @@ from mep.audit import AuditLog, AuditWriteError, record_line, session_line
 from mep.command import Properties, Rejection
 from mep.containment import Containment, ContainmentError, current_layout
 from mep.decision import Decision, DecisionContext, LaunchPlan, Refresh, Running, decide
-from mep.launch import CredentialChannel
+from mep.launch import CredentialChannel, open_note_pipe, read_note
 from mep.notices import send_failure_notice
 from mep.privilege import SpawnError, spawn_user_endpoint
 from mep.registration import Registration
@@ -58,6 +58,7 @@ class Started:
     credentials: CredentialChannel
     started_at: float
     last_request_at: float
+    note_fd: int = -1
 
 
 class Manager:
@@ -244,14 +245,16 @@ class Manager:
             self._reject(self._plan_rejection(plan, "containment", CONTAINMENT_FAILED, str(e)))
             return
         credentials = CredentialChannel(name, plan.command.amqp_creds)
+        note_r, note_w = open_note_pipe()
         audit_w = None
         if self.audit:
             audit_r, audit_w = self.audit.open_pipe()
         try:
-            request = self.rt.spawn_request(plan, credentials, audit_w, join)
+            request = self.rt.spawn_request(plan, credentials, audit_w, join, note_w)
             spawned = spawn_user_endpoint(request)
         except SpawnError as e:
             credentials.close()
+            os.close(note_r)
             self.containment.release(name)
             self.children.after_start_failure(name)
             self._reject(
@@ -259,12 +262,12 @@ class Manager:
             )
             return
         finally:
-            for fd in (*join, *(() if audit_w is None else (audit_w,))):
+            for fd in (*join, note_w, *(() if audit_w is None else (audit_w,))):
                 os.close(fd)
         credentials.close_child_end()
         now = time.monotonic()
         self.children.add(name, spawned)
-        self.started[name] = Started(plan, credentials, now, now)
+        self.started[name] = Started(plan, credentials, now, now, note_r)
         if self.audit:
             self.audit.watch(
                 audit_r, spawned.account.uid, spawned.pid, str(plan.command.endpoint_id)
@@ -303,6 +306,15 @@ class Manager:
         if started is None:
             return
         started.credentials.close()
+        note = read_note(started.note_fd)
+        os.close(started.note_fd)
+        if note:
+            log.warning(
+                "user endpoint %s (local user %s) said why: %s",
+                exited.name,
+                started.plan.account.name,
+                note,
+            )
         if self.audit:
             self.audit.write(
                 record_line(
@@ -405,6 +417,7 @@ class Manager:
             self.children.reap_orphans(everyone=True)
         for started in self.started.values():
             started.credentials.close()
+            os.close(started.note_fd)
         self.started.clear()
         if self.audit:
             try:

@@ -21,7 +21,11 @@ only by deleting a PID file. Here:
   the user and to the admin.
 
 A failure is a non-zero exit or a signal, a failed spawn, or a quick clean exit
-while work was pending.
+while work was pending. Two exit statuses of a user endpoint are never restarted,
+since a rerun with the same start command repeats them: 65 (it refused its
+input: the submitter's options failed rendering, told to the submitter, and
+not counted as a failure) and 78 (it could not start with that config, e.g.
+``endpoint_setup`` failed; counted).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ import enum
 from dataclasses import dataclass, replace
 
 from templates.manager_config import RestartPolicy
+
+REFUSED_EXIT = 65  # EX_DATAERR, from the user endpoint
+FINAL_EXIT = 78  # EX_CONFIG
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,8 @@ class ExitFacts:
     ran_s: float
     stop_requested: bool  # the manager stopped it: never a failure, never restarted
     description: str = ""  # e.g. "return code 1", for the messages
+    refused: bool = False  # it refused its input (rendering, payload): a rerun repeats that
+    final: bool = False  # it cannot start with this config: a rerun fails the same way
 
 
 @dataclass(frozen=True)
@@ -120,6 +129,15 @@ def after_exit(
         return Decision(Verdict.STAY_STOPPED, history)
     if history.open_until is not None:
         return _circuit_open(history, now, name, policy)
+    if facts.refused:  # its submitter was told why; the next start command tries again
+        note = f"user endpoint {name!r} refused its start ({facts.description}); not restarted"
+        return Decision(Verdict.STAY_STOPPED, history, admin_message=note)
+    if facts.final:
+        failed = _failure(history, now, name, policy)
+        if isinstance(failed, Decision):
+            return failed
+        note = f"user endpoint {name!r} could not start ({facts.description}); not restarted"
+        return Decision(Verdict.STAY_STOPPED, failed, admin_message=note)
     if facts.clean and not has_pending_work:  # however short: the normal way to end
         return Decision(
             Verdict.STAY_STOPPED,

@@ -9,18 +9,16 @@ the privileged edge take.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import pwd
 import typing as t
 from collections.abc import Mapping
 from pathlib import Path
 
-from identity.policy import AccountPolicy, LocalAccount, check_account, group_lookup
+from identity.policy import AccountPolicy, LocalAccount, check_account, own_account
 from identity.reload import MappingSource
 from mep.command import Rejection, StartCommand
-from mep.decision import DecisionContext, LaunchPlan, RenderedConfig, Running
+from mep.decision import DecisionContext, LaunchPlan, Running
 from mep.launch import (
     CredentialChannel,
     child_environment,
@@ -31,7 +29,10 @@ from mep.launch import (
 )
 from mep.privilege import SpawnError, SpawnRequest
 from mep.registration import Registration, read_endpoint_id
+from templates import files
 from templates.endpoint_dir import user_endpoint_paths
+from templates.errors import ConfigError
+from templates.render_request import RenderRequest
 
 log = logging.getLogger(__name__)
 EX_CONFIG = 78
@@ -43,21 +44,6 @@ class RuntimeConfigError(Exception):
     def __init__(self, message: str, exit_code: int = EX_CONFIG) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def _own_account() -> LocalAccount:
-    entry = pwd.getpwuid(os.getuid())
-    memberships = group_lookup(entry.pw_name, entry.pw_gid)
-    return LocalAccount(
-        entry.pw_name,
-        entry.pw_uid,
-        entry.pw_gid,
-        tuple(g for g, _ in memberships),
-        entry.pw_dir,
-        entry.pw_shell,
-        tuple(n for _, n in memberships),
-        entry.pw_gecos,
-    )
 
 
 def read_optional(path: Path | None) -> str | None:
@@ -103,7 +89,7 @@ class Runtime:
         if not privileged:
             if path is not None:
                 log.warning("identity_mapping_config_path is ignored: the manager is not root")
-            return cls(name, endpoint_dir, config, owner=_own_account())
+            return cls(name, endpoint_dir, config, owner=own_account())
         try:
             mapping = MappingSource(path, storage_gateway=str(_known_endpoint_id(endpoint_dir)))
         except PermissionError as e:
@@ -151,7 +137,7 @@ class Runtime:
         policy = self.policy()
         return DecisionContext(
             check_account=lambda name: check_account(name, policy, os.getuid()),
-            render=self.render,
+            prepare=self.prepare,
             manager_pid=os.getpid(),
             running=running,
             limits=limits,
@@ -163,45 +149,40 @@ class Runtime:
             command_sender=registration.command_sender,
         )
 
-    def render(
+    def prepare(
         self, cmd: StartCommand, account: LocalAccount, mapped: dict
-    ) -> RenderedConfig | Rejection:
-        from templates.rendering import RenderError, render_user_config
+    ) -> RenderRequest | Rejection:
+        """Read the admin's template files for one start; the user endpoint renders them.
 
-        def refuse(check: str, user: str, admin: str) -> Rejection:
-            return Rejection(check, user, admin, cmd.endpoint_id)
+        Only what the admin must fix is refused here (a missing template, a broken
+        schema file); everything about the submitter's options is the user
+        endpoint's to judge, as its user.
+        """
 
-        template = read_optional(self.config.user_config_template_path)
-        if template is None:
-            return refuse(
-                "render",
-                "this endpoint has no user endpoint template; contact the administrator",
-                f"template {self.config.user_config_template_path} is missing",
-            )
+        def refuse(user: str, admin: str) -> Rejection:
+            return Rejection("template", user, admin, cmd.endpoint_id)
+
+        path = self.config.user_config_template_path
         try:
-            schema_text = read_optional(self.config.user_config_schema_path)
-            schema = json.loads(schema_text) if schema_text else None
-        except ValueError as e:
+            template = files.read_text(path, "user config template")
+            schema_path = self.config.user_config_schema_path
+            schema = files.read_schema(schema_path) if schema_path else None
+        except ConfigError as e:
+            log.error("%s", e)
             return refuse(
-                "render",
-                "this endpoint's option schema is broken; contact the administrator",
-                f"{self.config.user_config_schema_path} is not valid JSON: {e}",
+                "this endpoint's user endpoint template or schema is unusable;"
+                " contact the endpoint administrator",
+                f"{e} (local user {account.name})",
             )
-        result = render_user_config(
-            template,
-            schema,
-            cmd.user_opts,
+        return RenderRequest(
+            template=template,
+            schema=schema,
+            options=cmd.user_opts,
             user_runtime=cmd.user_runtime,
             mapped_identity=mapped,
             parent_config=self.config.template_view(),
+            includes=files.read_template_files(path.parent),
         )
-        if isinstance(result, RenderError):
-            return refuse(
-                f"render:{result.step}",
-                result.user_message,
-                f"{result.admin_message} (local user {account.name})",
-            )
-        return RenderedConfig(result.yaml_text, result.config)
 
     # ---- acting --------------------------------------------------------
     def spawn_request(
@@ -210,6 +191,7 @@ class Runtime:
         credentials: CredentialChannel,
         audit_fd: int | None,
         cgroup_fds: tuple[int, ...] = (),
+        note_fd: int | None = None,
     ) -> SpawnRequest:
         source = str(self.config.user_environment_path)
         user_env, warning = parse_user_environment(
@@ -233,12 +215,12 @@ class Runtime:
             mem_fd=credentials.child_fd,
             enckey=credentials.key,
             audit_fd=audit_fd,
+            note_fd=note_fd,
         )
         account = plan.account
-        paths = plan.rendered.config.paths
-        _, log_file = user_endpoint_paths(
-            account.home, plan.command.name, paths.endpoint_dir, paths.endpoint_log
-        )
+        # Where the log goes until the user endpoint has rendered its config and
+        # knows the template's own ``paths:``.
+        _, log_file = user_endpoint_paths(account.home, plan.command.name)
         return SpawnRequest(
             account=account,
             argv=(executable, "_start-user-endpoint", plan.command.name),
@@ -248,6 +230,8 @@ class Runtime:
             log_name=log_file.name,
             use_pam=self.config.pam.enable,
             pam_service=self.config.pam.service_name,
-            extra_fds=tuple(fd for fd in (credentials.child_fd, audit_fd) if fd is not None),
+            extra_fds=tuple(
+                fd for fd in (credentials.child_fd, audit_fd, note_fd) if fd is not None
+            ),
             cgroup_fds=cgroup_fds,
         )

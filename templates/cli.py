@@ -116,25 +116,15 @@ def _read_json(source: str, what: str) -> t.Any:
 
 
 def _mapped_identity(user: str | None) -> dict:
-    import os
-    import pwd
+    """What a start would give the template for local account ``user`` (default: you)."""
+    from identity.policy import local_account, mapped_identity, own_account, passwd_lookup
 
-    try:
-        entry = pwd.getpwnam(user) if user else pwd.getpwuid(os.geteuid())
-    except KeyError:
+    if user is None:
+        return mapped_identity(own_account(), NULL_IDENTITY)
+    entry = passwd_lookup(user)
+    if entry is None:
         _fail(f"no local user named {user!r}")
-    return {
-        "local": {
-            "uname": entry.pw_name,
-            "uid": entry.pw_uid,
-            "gid": entry.pw_gid,
-            "groups": os.getgrouplist(entry.pw_name, entry.pw_gid),
-            "gecos": entry.pw_gecos,
-            "shell": entry.pw_shell,
-            "dir": entry.pw_dir,
-        },
-        "globus": {"id": NULL_IDENTITY},
-    }
+    return mapped_identity(local_account(entry), NULL_IDENTITY)
 
 
 def _this_runtime() -> dict:
@@ -204,8 +194,8 @@ def render_user_config(
     from templates.endpoint_dir import endpoint_dir
     from templates.errors import ConfigError
     from templates.manager_config import load_manager_config, manager_config_from_text
+    from templates.render_request import RenderRequest
     from templates.rendering import RenderError
-    from templates.rendering import render_user_config as render
 
     if (endpoint is None) == (template is None):
         _fail("give exactly one of -e ENDPOINT or -t TEMPLATE")
@@ -226,15 +216,16 @@ def render_user_config(
         schema_data = files.read_schema(schema) if schema else None
     except ConfigError as exc:
         _fail(str(exc))
-    outcome = render(
-        template_text,
-        schema_data,
-        _read_json(options, "user options"),
+    request = RenderRequest(
+        template=template_text,
+        schema=schema_data,
+        options=_read_json(options, "user options"),
         user_runtime=_read_json(user_runtime, "user runtime") if user_runtime else _this_runtime(),
         mapped_identity=_mapped_identity(user),
         parent_config=manager.template_view(),
-        template_files=files.read_template_files(template.parent),
+        includes=files.read_template_files(template.parent),
     )
+    outcome = request.render()
     if isinstance(outcome, RenderError):
         typer.echo(outcome.user_message, err=True)
         typer.echo(f"(for the admin, step {outcome.step}: {outcome.admin_message})", err=True)

@@ -15,10 +15,12 @@ import logging
 import os
 import pwd
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
 import time
+import typing as t
 import uuid
 from pathlib import Path
 
@@ -28,6 +30,9 @@ from uep.payload import LaunchPayload, PayloadError, credential_source, parse_pa
 from wire.amqp import install_redaction
 from wire.queue_info import AmqpCreds
 
+if t.TYPE_CHECKING:
+    from templates.user_config import UserEndpointConfig, UserEndpointPaths
+
 log = logging.getLogger("uep")
 
 EX_DATAERR = 65
@@ -35,6 +40,8 @@ EX_TEMPFAIL = 75
 EX_CONFIG = 78
 SHORT_OF_ROOM = (errno.ENOSPC, errno.EDQUOT)
 STOP_GRACE_S = 10.0
+RENDERED_CONFIG = "rendered_config.yaml"
+NOTE_MAX = 4096  # one packet: the manager reads at most this much
 
 
 class StartupError(Exception):
@@ -107,7 +114,7 @@ def _run_setup(command: str | None) -> None:
         raise StartupError(f"endpoint_setup failed with exit status {done.returncode}")
 
 
-def ep_info(payload: LaunchPayload, now: float) -> dict:
+def ep_info(payload: LaunchPayload, config_text: str, now: float) -> dict:
     """What heartbeats say about this process, on top of what the manager sent."""
     user = pwd.getpwuid(os.getuid())
     return {
@@ -118,7 +125,7 @@ def ep_info(payload: LaunchPayload, now: float) -> dict:
         "posix_groups": os.getgroups(),
         "posix_pid": os.getpid(),
         "posix_sid": os.getsid(0),
-        "config_raw": payload.config_text,
+        "config_raw": config_text,
         "start_iso": datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat(),
         "start_unix": now,
     }
@@ -174,17 +181,77 @@ def main(name: str) -> int:
     return _serve(name, payload, creds)
 
 
-def _serve(name: str, payload: LaunchPayload, creds: AmqpCreds) -> int:
+def leave_note(fd: int | None, step: str, admin_message: str) -> None:
+    """Tell the manager why this start was refused (it logs it for the admin)."""
+    if fd is None:
+        return
+    note = json.dumps({"step": step, "admin": admin_message})[:NOTE_MAX].encode()
+    try:
+        os.write(fd, note)
+    except OSError as e:
+        log.warning("could not leave the manager a note: %s", e)
+
+
+def _render(
+    name: str, payload: LaunchPayload, creds: AmqpCreds
+) -> tuple[str, UserEndpointConfig] | int:
+    """The config to run: rendered here, as this user, or as given; else the exit status."""
+    from templates.rendering import RenderError
     from templates.user_config import load_user_endpoint_config
+
+    request = payload.render
+    if request is None:
+        try:
+            return payload.config_text, load_user_endpoint_config(payload.config_text)
+        except Exception as e:
+            log.error("user endpoint %s: the given config is unusable: %s", name, e)
+            report_startup_failure(creds, f"Endpoint failed to start: {e}")
+            return EX_CONFIG
+    outcome = request.render()
+    if not isinstance(outcome, RenderError):
+        return outcome.yaml_text, outcome.config
+    log.error(
+        "user endpoint %s: config refused (%s): %s", name, outcome.step, outcome.admin_message
+    )
+    leave_note(payload.note_fd, f"render:{outcome.step}", outcome.admin_message)
+    report_startup_failure(creds, outcome.user_message, request.parent_config.get("amqp_port"))
+    return EX_DATAERR
+
+
+def _follow_log(name: str, paths: UserEndpointPaths) -> None:
+    """Move stdout and stderr to the log the template's ``paths:`` name, if it is another."""
+    home = Path.home()
+    _, wanted = user_endpoint_paths(home, name, paths.endpoint_dir, paths.endpoint_log)
+    if wanted == user_endpoint_paths(home, name)[1]:
+        return
+    wanted.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    fd = os.open(wanted, flags, 0o600)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StartupError(f"the log {wanted} is not a regular file")
+        os.set_blocking(fd, True)
+        log.info("the log continues in %s", wanted)
+        sys.stderr.flush()
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+
+
+def _serve(name: str, payload: LaunchPayload, creds: AmqpCreds) -> int:
     from uep.endpoint import Settings, UserEndpoint, install_signal_handlers
     from uep.engines import build_engine
     from uep.store import Store
 
-    port = None
+    rendered = _render(name, payload, creds)
+    if isinstance(rendered, int):
+        return rendered
+    config_text, config = rendered
+    port = config.amqp_port
     engine = None
     try:
-        config = load_user_endpoint_config(payload.config_text)
-        port = config.amqp_port
+        _follow_log(name, config.paths)
         if config.debug:
             logging.getLogger().setLevel(logging.DEBUG)
         directory, _ = user_endpoint_paths(Path.home(), name, config.paths.endpoint_dir)
@@ -194,6 +261,8 @@ def _serve(name: str, payload: LaunchPayload, creds: AmqpCreds) -> int:
         (directory / "endpoint.json").write_text(
             json.dumps({"endpoint_id": str(creds.endpoint_id)})
         )
+        # What this run was rendered into, for its user to read (never read back).
+        (directory / RENDERED_CONFIG).write_text(config_text)
         engine = build_engine(config.engine)
         engine.start(str(creds.endpoint_id), directory)
     except Exception as e:
@@ -205,6 +274,7 @@ def _serve(name: str, payload: LaunchPayload, creds: AmqpCreds) -> int:
             log.error("user endpoint %s cannot start yet: %s", name, e)
             return EX_TEMPFAIL
         log.exception("user endpoint %s failed to start", name)
+        leave_note(payload.note_fd, "start", f"({type(e).__name__}) {e}")
         report_startup_failure(creds, f"Endpoint failed to start: {e}", port)
         return EX_CONFIG
     allowed = payload.allowed_functions or config.allowed_functions
@@ -228,7 +298,7 @@ def _serve(name: str, payload: LaunchPayload, creds: AmqpCreds) -> int:
         store=store,
         credentials=lambda: first.pop() if first else source(),
         endpoint_id=str(creds.endpoint_id),
-        ep_info=ep_info(payload, time.time()),
+        ep_info=ep_info(payload, config_text, time.time()),
         settings=settings,
         set_title=set_title,
         audit_fd=payload.audit_fd,

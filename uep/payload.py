@@ -1,9 +1,12 @@
 """The launch payload a manager writes on the user endpoint's stdin.
 
-One JSON object: ``amqp_creds``, ``config`` (rendered YAML), ``ep_info``, and
-optionally ``allowed_functions``, ``audit_fd``, and the 4.19 credential refresh
-pair ``mem_fd`` + ``enckey`` (a Fernet-encrypted ``{"amqp_creds": ...}`` the
-endpoint re-reads before every connection, so rotated credentials take effect).
+One JSON object: ``amqp_creds``, ``ep_info``, and either ``render`` (the
+template, options and identity to render as this user, from our manager) or
+``config`` (an already rendered YAML, the 4.19 form); optionally
+``allowed_functions``, ``audit_fd``, ``note_fd`` (where to say why a start was
+refused) and the 4.19 credential refresh pair ``mem_fd`` + ``enckey`` (a
+Fernet-encrypted ``{"amqp_creds": ...}`` the endpoint re-reads before every
+connection, so rotated credentials take effect).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 import typing as t
 
+from templates.render_request import RenderRequest, RenderRequestError
 from wire.queue_info import AmqpCreds
 
 
@@ -22,8 +26,10 @@ class PayloadError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class LaunchPayload:
-    config_text: str
+    config_text: str | None
     ep_info: dict
+    render: RenderRequest | None = None
+    note_fd: int | None = None
     amqp_creds: AmqpCreds | None = None
     allowed_functions: tuple[str, ...] | None = None
     audit_fd: int | None = None
@@ -46,9 +52,15 @@ def parse_payload(raw: bytes | str) -> LaunchPayload:
         raise PayloadError(f"the launch payload on stdin is not JSON: {e}") from None
     if not isinstance(data, dict):
         raise PayloadError("the launch payload on stdin must be a JSON object")
-    config = data.get("config")
-    if not isinstance(config, str):
+    config, render = data.get("config"), data.get("render")
+    if (config is None) == (render is None):
+        raise PayloadError("expected one of render (what to render) and config (rendered)")
+    if config is not None and not isinstance(config, str):
         raise PayloadError("config: expected the rendered endpoint configuration (a string)")
+    try:
+        render = None if render is None else RenderRequest.from_document(render)
+    except RenderRequestError as e:
+        raise PayloadError(str(e)) from None
     ep_info = data.get("ep_info") or {}
     if not isinstance(ep_info, dict):
         raise PayloadError("ep_info: expected an object")
@@ -66,6 +78,8 @@ def parse_payload(raw: bytes | str) -> LaunchPayload:
     return LaunchPayload(
         config_text=config,
         ep_info=ep_info,
+        render=render,
+        note_fd=_optional_int(data, "note_fd"),
         amqp_creds=None if creds is None else AmqpCreds.from_dict(creds),
         allowed_functions=allowed,
         audit_fd=_optional_int(data, "audit_fd"),

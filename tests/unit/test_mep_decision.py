@@ -15,11 +15,11 @@ from mep.decision import (
     DecisionContext,
     LaunchPlan,
     Refresh,
-    RenderedConfig,
     Running,
     decide,
 )
 from templates.manager_config import Limits
+from templates.render_request import RenderRequest
 from wire.queue_info import BrokerAddress
 
 NOW = 1_800_000_000
@@ -82,9 +82,13 @@ def props(**overrides):
     return Properties(**values)
 
 
-def render_ok(cmd, account, mapped):
-    return RenderedConfig(
-        f"engine: {{type: ThreadPoolEngine}}\n# {mapped['local']['uname']}\n", object()
+def prepare_ok(cmd, account, mapped):
+    return RenderRequest(
+        "engine: {type: ThreadPoolEngine}\n# {{ _GC.mapped_identity.local.uname }}\n",
+        cmd.user_opts,
+        cmd.user_runtime,
+        mapped,
+        {},
     )
 
 
@@ -94,7 +98,7 @@ def context(**overrides):
         check_account=lambda name: check_account(
             name, AccountPolicy(), 0, lookup_user=USERS.get, lookup_groups=lambda n, g: ((g, n),)
         ),
-        render=render_ok,
+        prepare=prepare_ok,
         manager_pid=4242,
         map_identity=mapper.map,
     )
@@ -110,7 +114,8 @@ def test_happy_path_plans_a_launch_as_the_mapped_account():
     assert plan.ep_info["posix_ppid"] == 4242
     assert plan.ep_info["globus_matched_identity"] == "a1"
     assert plan.ep_info["globus_candidate_identities"] == [{"a1": ["alice"]}]
-    assert "# alice" in plan.rendered.yaml_text
+    assert plan.render.mapped_identity["local"]["uname"] == "alice"
+    assert plan.render.options == {"account": "abc"}
 
 
 def test_a_linked_identity_can_match_when_the_first_cannot():
@@ -318,29 +323,28 @@ def test_per_user_and_total_limits():
     )
 
 
-def test_render_failure_is_passed_through():
-    def render_fails(cmd, account, mapped):
-        return Rejection(
-            "render", "template needs option 'account', which was not given", "admin detail"
-        )
+def test_an_unusable_template_is_passed_through():
+    def prepare_fails(cmd, account, mapped):
+        return Rejection("template", "the template is unusable; contact the admin", "detail")
 
-    decision = rejected(decide(props(), body(), NOW, context(render=render_fails)), "render")
-    assert "account" in decision.user_message
+    decision = rejected(decide(props(), body(), NOW, context(prepare=prepare_fails)), "template")
+    assert "template" in decision.user_message
 
 
-def test_render_sees_the_mapped_identity():
+def test_the_template_sees_the_mapped_identity():
     seen = {}
 
     def spy(cmd, account, mapped):
         seen.update(mapped)
-        return render_ok(cmd, account, mapped)
+        return prepare_ok(cmd, account, mapped)
 
-    decide(props(), body(), NOW, context(render=spy))
+    decide(props(), body(), NOW, context(prepare=spy))
     assert seen["local"] == {
         "uname": "alice",
         "uid": 2001,
         "gid": 2001,
         "groups": [2001],
+        "gecos": "",
         "dir": "/home/alice",
         "shell": "/bin/bash",
     }

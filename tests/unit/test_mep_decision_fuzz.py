@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from identity.mapping import load_mapping_documents
 from identity.policy import AccountPolicy, PasswdEntry, check_account
 from mep.command import ENDPOINT_NAME, MAX_SKEW_S, Properties, Rejection
-from mep.decision import DecisionContext, LaunchPlan, Refresh, RenderedConfig, Running, decide
+from mep.decision import DecisionContext, LaunchPlan, Refresh, Running, decide
+from templates.render_request import RenderRequest
 from wire.queue_info import BrokerAddress
 
 NOW = 1_800_000_000
@@ -53,8 +54,8 @@ def context(running: dict | None = None) -> DecisionContext:
         check_account=lambda name: check_account(
             name, AccountPolicy(), 0, lookup_user=USERS.get, lookup_groups=lambda n, g: ((g, n),)
         ),
-        render=lambda cmd, account, mapped: RenderedConfig(
-            "engine: {type: ThreadPoolEngine}", None
+        prepare=lambda cmd, account, mapped: RenderRequest(
+            "engine: {type: ThreadPoolEngine}", cmd.user_opts, cmd.user_runtime, mapped, {}
         ),
         manager_pid=1,
         running=running or {},

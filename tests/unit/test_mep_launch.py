@@ -11,7 +11,7 @@ from cryptography.fernet import Fernet
 from identity.policy import LocalAccount
 from mep.audit import AuditLog, AuditWriteError, clean, record_line, session_line
 from mep.command import StartCommand
-from mep.decision import LaunchPlan, RenderedConfig
+from mep.decision import LaunchPlan
 from mep.launch import CredentialChannel, child_environment, parse_user_environment, stdin_payload
 from mep.registration import (
     EX_SOFTWARE,
@@ -21,6 +21,7 @@ from mep.registration import (
     resolve_urls,
 )
 from templates.pidfile import AlreadyRunning, PidFile, running_pid
+from templates.render_request import RenderRequest
 from wire.queue_info import AmqpCreds
 
 URL = "amqp://u:p@127.0.0.1:5672/%2F"
@@ -49,7 +50,7 @@ def plan(runtime=None):
     return LaunchPlan(
         command,
         account,
-        RenderedConfig("engine: {type: ThreadPoolEngine}\n", None),
+        RenderRequest("engine: {type: ThreadPoolEngine}\n", {}, runtime or {}, {}, {}),
         {"posix_ppid": 7},
     )
 
@@ -86,12 +87,15 @@ def test_child_environment_is_built_not_inherited(monkeypatch):
     assert default["PATH"] == "/usr/local/bin:/usr/bin:/bin:/opt/ca/bin"
 
 
-def test_stdin_payload_has_the_419_shape():
+def test_stdin_payload_has_the_419_shape_with_what_to_render():
     payload = json.loads(
-        stdin_payload(plan(), allowed_functions=["f1"], mem_fd=5, enckey="k", audit_fd=6)
+        stdin_payload(plan(), allowed_functions=["f1"], mem_fd=5, enckey="k", audit_fd=6, note_fd=7)
     )
     assert payload["amqp_creds"]["endpoint_id"] == str(UEP)
-    assert payload["config"].startswith("engine:")
+    assert "config" not in payload  # the manager never renders
+    assert payload["render"]["template"].startswith("engine:")
+    assert RenderRequest.from_document(payload["render"]) == plan().render
+    assert payload["note_fd"] == 7
     assert payload["ep_info"] == {"posix_ppid": 7}
     assert payload["allowed_functions"] == ["f1"]
     assert (payload["mem_fd"], payload["enckey"], payload["audit_fd"]) == (5, "k", 6)

@@ -155,3 +155,26 @@ def test_failed_spawns_count_towards_the_circuit():
 def test_nonsense_limits_are_refused(bad):
     with pytest.raises(ValueError):
         RestartPolicy(**bad)
+
+
+def test_a_user_endpoint_that_refused_its_options_is_neither_restarted_nor_a_failure():
+    refused = ExitFacts(False, 0.5, False, "return code 65", refused=True)
+    history = History()
+    for now in range(10):
+        d = after_exit("ep", refused, True, history, float(now), POLICY)
+        assert d.verdict is Verdict.STAY_STOPPED and not d.restart
+        assert "refused" in d.admin_message and not d.user_message
+        history = d.history
+    assert history.failures == ()
+    assert before_start("ep", history, 10.0, POLICY) is None
+
+
+def test_a_user_endpoint_that_cannot_start_is_not_restarted_but_counts_as_a_failure():
+    final = ExitFacts(False, 0.5, False, "return code 78", final=True)
+    d = after_exit("ep", final, True, History(), 100.0, POLICY)
+    assert d.verdict is Verdict.STAY_STOPPED and d.history.failures == (100.0,)
+    assert "could not start" in d.admin_message
+    for now in (101.0, 102.0):
+        d = after_exit("ep", final, True, d.history, now, POLICY)
+    assert d.verdict is Verdict.CIRCUIT_OPEN and d.user_message
+    assert before_start("ep", d.history, 103.0, POLICY) is not None

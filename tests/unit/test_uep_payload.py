@@ -50,11 +50,35 @@ def test_full_payload_parses():
         ('{"amqp_creds": null, "config": "x"}', "amqp_creds"),
         ('{"config": 3}', "config"),
         ('{"config": "x", "mem_fd": 3}', "enckey"),
+        ('{"amqp_creds": null}', "one of render"),
+        ('{"config": "x", "render": {"template": "x"}}', "one of render"),
+        ('{"render": []}', "render: expected an object"),
+        ('{"render": {"template": 3}}', "render.template"),
+        ('{"render": {"template": "x", "includes": {"a": 1}}}', "render.includes"),
+        ('{"render": {"template": "x", "schema": "y"}}', "render.schema"),
+        ('{"render": {"template": "x", "options": [1]}}', "render.options"),
     ],
 )
 def test_bad_payloads_say_what_is_wrong(bad, words):
     with pytest.raises(PayloadError, match=words):
         parse_payload(bad)
+
+
+def test_a_render_request_arrives_whole():
+    document = {
+        "template": "engine: {type: ThreadPoolEngine}\n# {{ label }}\n",
+        "includes": {"part.j2": "x"},
+        "schema": {"type": "object"},
+        "options": {"label": "a"},
+        "user_runtime": {},
+        "mapped_identity": {"local": {"uname": "alice"}},
+        "parent_config": {"amqp_port": None},
+    }
+    payload = parse_payload(json.dumps({"amqp_creds": creds(), "render": document, "note_fd": 5}))
+    assert payload.config_text is None and payload.note_fd == 5
+    assert payload.render.to_document() == document
+    rendered = payload.render.render()
+    assert '# "a"' in rendered.yaml_text
 
 
 def test_large_payload_has_no_pipe_size_limit():
