@@ -18,8 +18,8 @@ import typing as t
 from dataclasses import dataclass
 from pathlib import Path
 
-from templates.endpoint_dir import check_endpoint_name as check_name
 from templates.errors import ConfigError as BadName
+from templates.paths import check_endpoint_name as check_name
 
 TEMPLATE = "compute-endpoint@.service"
 SLICE = "compute-agent.slice"

@@ -8,14 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from templates.endpoint_dir import (
-    ConfigureRequest,
-    base_dir,
-    check_endpoint_name,
-    plan_endpoint_files,
-)
+from templates.endpoint_dir import ConfigureRequest, plan_endpoint_files
 from templates.errors import ConfigError
 from templates.manager_config import manager_config_from_text
+from templates.paths import base_dir, check_endpoint_name
 
 
 @pytest.mark.parametrize("name", ["default", "gpu.cluster-2", "A_b.c", "x" * 128, "a..b"])
@@ -133,7 +129,7 @@ def test_refused_requests(request_, fragment):
     ],
 )
 def test_user_endpoint_paths_expand_against_the_users_home(endpoint_dir, endpoint_log, expected):
-    from templates.endpoint_dir import user_endpoint_paths
+    from templates.paths import user_endpoint_paths
 
     directory, log = user_endpoint_paths("/home/a", "uep.1", endpoint_dir, endpoint_log)
     assert (str(directory), str(log)) == expected
