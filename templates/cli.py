@@ -223,7 +223,7 @@ def render_user_config(
         user_runtime=_read_json(user_runtime, "user runtime") if user_runtime else _this_runtime(),
         mapped_identity=_mapped_identity(user),
         parent_config=manager.template_view(),
-        includes=files.read_template_files(template.parent),
+        include_dir=str(template.parent.absolute()),
     )
     outcome = request.render()
     if isinstance(outcome, RenderError):

@@ -1,8 +1,8 @@
 """The default files shipped in this package, and reading an endpoint's template files.
 
-Reading happens here, at the edge, so :mod:`templates.rendering` stays pure: the
-manager reads the template, schema and include files (as root, before dropping
-privileges) and hands their text over.
+Reading happens here, at the edge: the template and schema text are read by
+whoever may read them (the root monitor opens them for the manager), and
+:mod:`templates.rendering` is handed their text.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ DEFAULT_FILES = (
     ENVIRONMENT_NAME,
     EXAMPLE_IDENTITY_MAPPING_NAME,
 )
-_INCLUDE_SUFFIXES = (".j2", ".jinja", ".yaml", ".yml")
 MAX_TEMPLATE_BYTES = 1 << 20
 
 
@@ -51,30 +50,17 @@ def read_schema(path: Path | None) -> dict | bool | None:
     """The user-options JSON schema, or None when there is none (no validation)."""
     if path is None or not path.exists():
         return None
+    return parse_schema(read_text(path, "user config schema"), str(path))
+
+
+def parse_schema(text: str, source: str) -> dict | bool:
+    """A schema file's text as a schema; not JSON, or not an object, is a :class:`ConfigError`."""
     try:
-        schema = json.loads(read_text(path, "user config schema"))
+        schema = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(
-            f"the user config schema is not valid JSON: {exc.msg}",
-            source=str(path),
-            line=exc.lineno,
+            f"the user config schema is not valid JSON: {exc.msg}", source=source, line=exc.lineno
         ) from None
     if not isinstance(schema, dict | bool):
-        raise ConfigError("the user config schema must be a JSON object", source=str(path))
+        raise ConfigError("the user config schema must be a JSON object", source=source)
     return schema
-
-
-def read_template_files(directory: Path) -> dict[str, str]:
-    """Templates next to the main one, for ``{% include %}``; none if the dir is unreadable."""
-    found: dict[str, str] = {}
-    try:
-        entries = sorted(directory.iterdir())
-    except OSError:
-        return found
-    for entry in entries:
-        if entry.suffix in _INCLUDE_SUFFIXES and entry.is_file():
-            try:
-                found[entry.name] = read_text(entry, "template")
-            except ConfigError:
-                continue
-    return found

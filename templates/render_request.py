@@ -1,12 +1,13 @@
 """One start's rendering inputs as data: what the manager hands the user endpoint.
 
-The manager never renders. It reads the admin's template, include files and
-schema, adds the submitter's options and the mapped account, and sends this
-request to the user endpoint, which renders it as its own user: researcher
-input never meets Jinja, jsonschema or YAML in a privileged process (the
-official endpoint also renders after the privilege drop). ``render-user-config``
-builds the same request from the same files, so the admin's preview and a real
-start cannot disagree.
+The manager never renders. It has the admin's template and schema read (by
+its root monitor: they may be root-only), adds the submitter's options, the
+mapped account and the template's directory, and sends this request to the
+user endpoint, which renders it as its own user, reading include files from
+that directory with the user's permissions (as upstream): researcher input
+never meets Jinja, jsonschema or YAML in a privileged process.
+``render-user-config`` builds the same request from the same files, so the
+admin's preview and a real start cannot disagree.
 
 The document form travels in the launch payload; :meth:`RenderRequest.from_document`
 checks every field's type, so a damaged payload is a clear error, not a crash.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import typing as t
-from collections.abc import Mapping
 
 if t.TYPE_CHECKING:
     from templates.rendering import Rendered, RenderError
@@ -34,7 +34,7 @@ class RenderRequest:
     mapped_identity: dict
     parent_config: dict
     schema: dict | bool | None = None
-    includes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    include_dir: str | None = None  # read as whoever renders: the user, in production
 
     def render(self) -> Rendered | RenderError:
         """The whole pipeline of :func:`templates.rendering.render_user_config`.
@@ -50,13 +50,13 @@ class RenderRequest:
             user_runtime=self.user_runtime,
             mapped_identity=self.mapped_identity,
             parent_config=self.parent_config,
-            template_files=self.includes,
+            include_dir=self.include_dir,
         )
 
     def to_document(self) -> dict[str, t.Any]:
         return {
             "template": self.template,
-            "includes": dict(self.includes),
+            "include_dir": self.include_dir,
             "schema": self.schema,
             "options": self.options,
             "user_runtime": self.user_runtime,
@@ -68,14 +68,17 @@ class RenderRequest:
     def from_document(cls, document: t.Any) -> RenderRequest:
         if not isinstance(document, dict):
             raise RenderRequestError("render: expected an object")
+        unknown = set(document) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise RenderRequestError(f"render: unknown fields {sorted(unknown)[:5]}")
         template = document.get("template")
         if not isinstance(template, str):
             raise RenderRequestError("render.template: expected the template text")
-        includes = document.get("includes") or {}
-        if not isinstance(includes, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in includes.items()
+        include_dir = document.get("include_dir")
+        if include_dir is not None and not (
+            isinstance(include_dir, str) and include_dir.startswith("/") and "\0" not in include_dir
         ):
-            raise RenderRequestError("render.includes: expected an object of name: text")
+            raise RenderRequestError("render.include_dir: expected an absolute path")
         schema = document.get("schema")
         if schema is not None and not isinstance(schema, dict | bool):
             raise RenderRequestError("render.schema: expected a JSON schema object")
@@ -85,4 +88,4 @@ class RenderRequest:
             if not isinstance(value, dict):
                 raise RenderRequestError(f"render.{key}: expected an object")
             fields[key] = value
-        return cls(template=template, schema=schema, includes=includes, **fields)
+        return cls(template=template, schema=schema, include_dir=include_dir, **fields)

@@ -19,8 +19,10 @@ logs ``admin_message``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import re
 import shlex
 import typing as t
@@ -28,6 +30,7 @@ import typing as t
 import jinja2
 import jsonschema
 from jinja2.exceptions import SecurityError
+from jinja2.loaders import split_template_path
 from jinja2.sandbox import SandboxedEnvironment
 
 from templates import quoting
@@ -42,6 +45,7 @@ RESERVED = frozenset({"_GC", "parent_config", "user_runtime", "mapped_identity"}
 # Jinja's own globals; an option with one of these names would silently replace it.
 SHADOWING = frozenset({"range", "dict", "lipsum", "cycler", "joiner", "namespace"})
 MAX_RENDERED = 1 << 20
+MAX_INCLUDE_BYTES = 1 << 20
 MAX_POWER = 1 << 10
 _ASK_ADMIN = "contact the endpoint administrator"
 
@@ -93,9 +97,34 @@ def shell_escape(value: t.Any) -> t.Any:
     return quoting.QuotedStr(shlex.quote(raw))
 
 
-def sandbox(template_files: t.Mapping[str, str] | None = None) -> SandboxedEnvironment:
-    """The Jinja environment templates render in (``template_files`` serve includes)."""
-    loader = jinja2.DictLoader(dict(template_files)) if template_files else None
+class _IncludeLoader(jinja2.FileSystemLoader):
+    """Files of the template's directory, read by whoever renders (the user, in production).
+
+    As upstream: a template can include what the mapped user can read there, and
+    nothing else; each file at most ``MAX_INCLUDE_BYTES``.
+    """
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple:
+        for base in self.searchpath:
+            path = os.path.join(base, *split_template_path(template))
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_size > MAX_INCLUDE_BYTES:
+                    raise jinja2.TemplateError(
+                        f"{template} is larger than {MAX_INCLUDE_BYTES} bytes"
+                    )
+        return super().get_source(environment, template)
+
+
+def _loader(include_dir: str | None) -> jinja2.BaseLoader | None:
+    """Includes only if the directory can be listed (as upstream); otherwise none at all."""
+    if include_dir and os.access(include_dir, os.R_OK | os.X_OK):
+        return _IncludeLoader(include_dir, followlinks=False)
+    return None
+
+
+def sandbox(include_dir: str | None = None) -> SandboxedEnvironment:
+    """The Jinja environment templates render in (files in ``include_dir`` serve includes)."""
+    loader = _loader(include_dir)
     env = _Sandbox(
         undefined=jinja2.StrictUndefined, loader=loader, autoescape=False, finalize=quoting.finalize
     )
@@ -203,12 +232,12 @@ def render_user_config(
     mapped_identity: dict,
     parent_config: dict,
     env: t.Mapping[str, str] | None = None,
-    template_files: t.Mapping[str, str] | None = None,
+    include_dir: str | None = None,
 ) -> Rendered | RenderError:
     """Run the whole pipeline; never raises for bad input, returns a :class:`RenderError`.
 
-    ``template_files`` (name -> text, read by the caller) serve ``{% include %}``;
-    ``env`` is offered to the template as ``_GC.env``.
+    Files in ``include_dir`` serve ``{% include %}`` (read with the renderer's own
+    permissions); ``env`` is offered to the template as ``_GC.env``.
     """
     try:
         quoting.check_options(user_opts)
@@ -224,7 +253,7 @@ def render_user_config(
         return refused
     context = _context(user_opts, user_runtime, mapped_identity, parent_config, env)
     try:
-        text = _render(sandbox(template_files), template_text, context)
+        text = _render(sandbox(include_dir), template_text, context)
     except Exception as exc:
         return _template_error(exc)
     return _load(text, bool(parent_config.get("high_assurance")))

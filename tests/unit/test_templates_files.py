@@ -42,11 +42,3 @@ def test_read_text_refuses_oversized_and_binary_files(tmp_path):
         files.read_text(binary, "template")
 
 
-def test_read_template_files_for_includes(tmp_path):
-    (tmp_path / "main.yaml.j2").write_text("main")
-    (tmp_path / "part.yaml").write_text("part")
-    (tmp_path / "notes.txt").write_text("ignored")
-    (tmp_path / "bad.j2").write_bytes(b"\xff")
-    (tmp_path / "sub.j2").mkdir()
-    assert files.read_template_files(tmp_path) == {"main.yaml.j2": "main", "part.yaml": "part"}
-    assert files.read_template_files(tmp_path / "missing") == {}

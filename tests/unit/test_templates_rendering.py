@@ -13,7 +13,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from templates import quoting
+from templates import quoting, rendering
 from templates.rendering import Rendered, RenderError, render_user_config, sandbox, shell_escape
 
 IDENTITY = {
@@ -299,15 +299,16 @@ def test_user_runtime_strings_are_quoted():
     assert out.config.display_name == "n\nhigh_assurance: true"
 
 
-def test_includes_come_from_files_the_caller_read():
-    out = ok(
-        "{% include 'engine.j2' %}",
-        {"w": 2},
-        template_files={"engine.j2": ENGINE + "  max_workers: {{ w }}\n"},
-    )
+def test_includes_come_from_the_templates_directory(tmp_path):
+    (tmp_path / "engine.j2").write_text(ENGINE + "  max_workers: {{ w }}\n")
+    (tmp_path / "huge.j2").write_text("#" * (rendering.MAX_INCLUDE_BYTES + 1))
+    out = ok("{% include 'engine.j2' %}", {"w": 2}, include_dir=str(tmp_path))
     assert out.config.engine.options == {"max_workers": 2}
-    error = refused("{% include '/etc/passwd' %}", {}, "template")
-    assert "TemplateNotFound" in error.admin_message or "no loader" in error.admin_message
+    for escape in ("/etc/passwd", "../etc/passwd", "huge.j2"):
+        error = refused(f"{{% include '{escape}' %}}", {}, "template", include_dir=str(tmp_path))
+        assert "TemplateNotFound" in error.admin_message or "larger" in error.admin_message
+    error = refused("{% include 'engine.j2' %}", {"w": 1}, "template")
+    assert "no loader" in error.admin_message
 
 
 # ---- the sandbox ----------------------------------------------------------------------

@@ -54,7 +54,8 @@ def test_full_payload_parses():
         ('{"config": "x", "render": {"template": "x"}}', "one of render"),
         ('{"render": []}', "render: expected an object"),
         ('{"render": {"template": 3}}', "render.template"),
-        ('{"render": {"template": "x", "includes": {"a": 1}}}', "render.includes"),
+        ('{"render": {"template": "x", "include_dir": "rel"}}', "render.include_dir"),
+        ('{"render": {"template": "x", "includes": {}}}', "unknown fields"),
         ('{"render": {"template": "x", "schema": "y"}}', "render.schema"),
         ('{"render": {"template": "x", "options": [1]}}', "render.options"),
     ],
@@ -67,7 +68,7 @@ def test_bad_payloads_say_what_is_wrong(bad, words):
 def test_a_render_request_arrives_whole():
     document = {
         "template": "engine: {type: ThreadPoolEngine}\n# {{ label }}\n",
-        "includes": {"part.j2": "x"},
+        "include_dir": "/etc/compute-agent/ep",
         "schema": {"type": "object"},
         "options": {"label": "a"},
         "user_runtime": {},
