@@ -42,6 +42,7 @@ __all__ = [
     "TraceStep",
     "load_mapping_documents",
     "load_mapping_file",
+    "load_mapping_text",
 ]
 
 POSIX_CONNECTOR_ID = "145812c8-decc-41f1-83cf-bb2a85a2a70b"
@@ -168,10 +169,15 @@ def load_mapping_file(path: str | Path, **options) -> Mapper:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise MappingConfigError(f"cannot read {path}: {error}") from error
+    return load_mapping_text(text, str(path), **options)
+
+
+def load_mapping_text(text: str, source: str, **options) -> Mapper:
+    """Load a mapping file's text; ``source`` names it in errors."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise MappingConfigError(f"{path} is not valid JSON: {error}") from error
+        raise MappingConfigError(f"{source} is not valid JSON: {error}") from error
     return load_mapping_documents(data, **options)
 
 

@@ -43,7 +43,7 @@ def local_user(source):
 
 
 def test_valid_change_is_swapped_in(mapping_file):
-    source = MappingSource(mapping_file)
+    source = MappingSource.from_path(mapping_file)
     assert local_user(source) == "first-alice"
     write(mapping_file, document("second-{0}"), bump=1)
     assert local_user(source) == "second-alice"
@@ -51,7 +51,7 @@ def test_valid_change_is_swapped_in(mapping_file):
 
 
 def test_replacing_the_file_by_rename_is_seen(mapping_file, tmp_path):
-    source = MappingSource(mapping_file)
+    source = MappingSource.from_path(mapping_file)
     replacement = tmp_path / "new.json"
     write(replacement, document("renamed-{0}"))
     os.replace(replacement, mapping_file)
@@ -67,7 +67,7 @@ def test_replacing_the_file_by_rename_is_seen(mapping_file, tmp_path):
     ],
 )
 def test_invalid_change_keeps_the_previous_mapper_and_logs_why(mapping_file, caplog, bad, words):
-    source = MappingSource(mapping_file)
+    source = MappingSource.from_path(mapping_file)
     before = source.current()
     write(mapping_file, bad, bump=1)
     with caplog.at_level(logging.INFO, logger="identity.reload"):
@@ -80,7 +80,7 @@ def test_invalid_change_keeps_the_previous_mapper_and_logs_why(mapping_file, cap
 
 
 def test_bad_file_is_not_retried_until_it_changes_then_a_fix_is_picked_up(mapping_file, caplog):
-    source = MappingSource(mapping_file)
+    source = MappingSource.from_path(mapping_file)
     write(mapping_file, "[{", bump=1)
     with caplog.at_level(logging.ERROR, logger="identity.reload"):
         for _ in range(3):
@@ -92,14 +92,14 @@ def test_bad_file_is_not_retried_until_it_changes_then_a_fix_is_picked_up(mappin
 
 
 def test_deleted_file_keeps_the_previous_mapper(mapping_file):
-    source = MappingSource(mapping_file)
+    source = MappingSource.from_path(mapping_file)
     mapping_file.unlink()
     assert local_user(source) == "first-alice"
     assert "cannot read" in source.last_error
 
 
 def test_reload_rereads_even_without_a_visible_change(mapping_file):
-    source = MappingSource(mapping_file)
+    source = MappingSource.from_path(mapping_file)
     status = os.stat(mapping_file)
     write(mapping_file, document("sighup-{0}"))
     os.utime(mapping_file, ns=(status.st_atime_ns, status.st_mtime_ns))
@@ -114,20 +114,20 @@ def test_invalid_file_at_start_up_raises(tmp_path):
     path = tmp_path / "idmap.json"
     write(path, {"not": "a list"})
     with pytest.raises(MappingConfigError, match="JSON list"):
-        MappingSource(path)
+        MappingSource.from_path(path)
 
 
 def test_load_warnings_are_logged(tmp_path, caplog):
     path = tmp_path / "idmap.json"
     write(path, [{"DATA_TYPE": "ldap_identity_mapping#1.0.0"}, *document("{0}")])
     with caplog.at_level(logging.WARNING, logger="identity.reload"):
-        MappingSource(path)
+        MappingSource.from_path(path)
     assert any("ldap_identity_mapping#1.0.0" in r.getMessage() for r in caplog.records)
 
 
 def test_concurrent_readers_always_see_a_whole_mapper(mapping_file):
     """Readers racing a writer get either the old or the new mapping, never an error."""
-    source = MappingSource(mapping_file)
+    source = MappingSource.from_path(mapping_file)
     seen, failures, stop = set(), [], threading.Event()
 
     def reader():
