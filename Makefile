@@ -51,6 +51,7 @@ official-endpoint: $(OFFICIAL_ENDPOINT)
 services:
 	@packaging/dev/ensure-rabbitmq.sh
 	@packaging/dev/ensure-postgres.sh
+	@packaging/dev/ensure-manager-account.sh
 
 lint: venv
 	$(BIN)/ruff check .

@@ -20,8 +20,12 @@ from pathlib import Path
 
 import typer
 
-from templates.endpoint_dir import base_dir, check_endpoint_name
 from templates.errors import ConfigError
+from templates.paths import base_dir, check_endpoint_name
+
+if t.TYPE_CHECKING:
+    from mep.monitor.settings import MonitorSettings
+    from templates.manager_config import ManagerConfig
 
 EX_CANTCREAT = 73
 EXIT_CODES = (
@@ -59,64 +63,96 @@ def _existing_dir(name: str, config_dir: str | None) -> Path:
     return directory
 
 
-def _setup_logging(directory: Path, to_console: bool, debug: bool) -> None:
-    from wire.amqp import install_redaction
+class StartError(Exception):
+    """``start`` cannot go on; ``exit_code`` says why (sysexits)."""
 
-    log_path = directory / "endpoint.log"
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.close(fd)
-    handlers: list[logging.Handler] = [logging.FileHandler(log_path)]
-    if to_console:
-        handlers.append(logging.StreamHandler(sys.stderr))
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=handlers,
-        force=True,
+    def __init__(self, message: str, exit_code: int = 78) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def monitor_settings(
+    name: str, directory: Path, config: ManagerConfig, *, detached: bool, debug: bool
+) -> MonitorSettings:
+    """What the monitor needs from ``config.yaml``, checked here: the monitor reads no YAML."""
+    from identity.policy import AccountPolicy
+    from mep.monitor.settings import MonitorSettings
+
+    privileged = os.geteuid() == 0
+    if privileged and config.identity_mapping_config_path is None:
+        raise StartError(
+            "a manager running as root needs identity_mapping_config_path in config.yaml;"
+            " compute-agent never runs users' tasks as root"
+        )
+    if privileged and not config.email:
+        raise StartError("multi-user endpoints require a contact email (email: in config.yaml)")
+    paths = {
+        "config": directory / "config.yaml",
+        "identity_mapping": config.identity_mapping_config_path if privileged else None,
+        "template": config.user_config_template_path,
+        "schema": config.user_config_schema_path,
+        "environment": config.user_environment_path,
+    }
+    return MonitorSettings(
+        name=name,
+        endpoint_dir=str(directory),
+        manager_account=config.manager_user if privileged else None,
+        policy=AccountPolicy(
+            min_uid=config.min_uid,
+            allow_system_accounts=tuple(config.allow_system_accounts),
+            allowed_groups=tuple(config.allowed_groups),
+            denied_users=tuple(config.denied_users),
+        ),
+        memory_per_user=config.limits.memory_per_user,
+        processes_per_user=config.limits.processes_per_user,
+        pam_enable=config.pam.enable,
+        pam_service=config.pam.service_name,
+        audit_log_path=str(config.audit_log_path) if config.audit_log_path else None,
+        files={k: str(Path(v).absolute()) for k, v in paths.items() if v is not None},
+        console=not detached,
+        detached=detached,
+        debug=debug or config.debug,
     )
-    logging.getLogger("pika").setLevel(logging.WARNING)
-    install_redaction()
 
 
-def _daemonize(directory: Path) -> None:
-    """Detach: a grandchild in its own session, stdio on /dev/null and the log."""
+def _exec_monitor(settings: MonitorSettings) -> t.NoReturn:
+    """Become the monitor (same pid: systemd's main process), its settings on stdin."""
+    from mep.monitor.channel import sealed_memfd
+
+    stdin = sealed_memfd(settings.to_json().encode(), "compute-agent-settings")
+    os.dup2(stdin, 0)
+    os.close(stdin)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-I", "-m", "mep.monitor"])
+
+
+def _start_detached(settings: MonitorSettings, directory: Path) -> t.NoReturn:
+    """A monitor in a session of its own; wait until it says how the start went."""
+    read_end, write_end = os.pipe()
     if os.fork() > 0:
-        os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end) as said:
+            line = said.readline().strip()
+        log_file = directory / "endpoint.log"
+        if line.startswith("failed "):
+            code = int(line.split()[1])
+            _fail(code, f"the endpoint did not start (exit {code}); see {log_file}")
+        if not line:
+            _fail(70, f"the endpoint did not start; see {log_file}")
+        typer.echo(line)
+        raise typer.Exit(0)
+    os.close(read_end)
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
     null = os.open(os.devnull, os.O_RDWR)
     logfd = os.open(directory / "endpoint.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.dup2(null, 0)
-    os.dup2(logfd, 1)
+    os.dup2(write_end, 1)
     os.dup2(logfd, 2)
-    os.close(null)
-    os.close(logfd)
-
-
-def _register(name: str, directory: Path, config: t.Any, runtime: t.Any) -> t.Any:
-    from mep import registration as r
-    from mep.runtime import read_optional
-
-    creds = r.client_credentials(os.environ)
-    service_url, auth_url = r.resolve_urls(config.service_url, config.auth_url, os.environ)
-    if not runtime.multi_user:
-        runtime.owner_identities = r.owner_identities(auth_url, *creds)
-    template = read_optional(config.user_config_template_path)
-    schema_text = read_optional(config.user_config_schema_path)
-    body = r.registration_body(
-        name,
-        config,
-        multi_user=runtime.multi_user,
-        config_text=read_optional(directory / "config.yaml") or "",
-        template_text=template,
-        schema=json.loads(schema_text) if schema_text else None,
-    )
-    client = r.compute_client(service_url, auth_url, *creds)
-    registration = r.register(client, body, r.read_endpoint_id(directory))
-    r.write_endpoint_id(directory, registration.endpoint_id)
-    runtime.bind_endpoint(registration.endpoint_id)
-    return registration
+    for fd in (null, logfd, write_end):
+        os.close(fd)
+    _exec_monitor(settings)
 
 
 def start(
@@ -133,52 +169,30 @@ def start(
 ) -> None:
     """Register the endpoint with the compute service and run its manager.
 
-    Prints the endpoint id on stdout. In the foreground (the systemd unit's way)
-    it runs until SIGTERM, stopping its user endpoints with a grace period.
+    Prints the endpoint id on stdout. As root the endpoint is two processes: a
+    small root monitor (this process, after exec) and the manager, run as the
+    unprivileged ``manager_user`` (default compute-agent). In the foreground
+    (the systemd unit's way) it runs until SIGTERM, stopping its user endpoints
+    with a grace period.
     """
-    from mep.manager import Manager
-    from mep.registration import RegistrationError
-    from mep.runtime import Runtime, RuntimeConfigError
-    from templates.errors import ConfigError
     from templates.manager_config import load_manager_config
-    from templates.pidfile import AlreadyRunning, PidFile, running_pid
+    from templates.pidfile import running_pid
 
-    directory = _existing_dir(name, config_dir)
+    directory = _existing_dir(name, config_dir).absolute()
     os.umask(0o077)
     pid = running_pid(directory)
     if pid:
         _fail(EX_CANTCREAT, f"endpoint {name!r} is already running (pid {pid}); refusing to start")
     try:
         config = load_manager_config(directory / "config.yaml")
-        runtime = Runtime.load(name, directory, config)
-        registration = _register(name, directory, config, runtime)
+        settings = monitor_settings(name, directory, config, detached=detach, debug=debug)
     except ConfigError as e:
         _fail(78, str(e))
-    except (RuntimeConfigError, RegistrationError) as e:
+    except StartError as e:
         _fail(e.exit_code, str(e))
-    typer.echo(str(registration.endpoint_id))
     if detach:
-        sys.stdout.flush()
-        _daemonize(directory)
-    _setup_logging(directory, to_console=not detach, debug=debug or config.debug)
-    try:
-        pidfile = PidFile(directory / "daemon.pid")
-    except AlreadyRunning as e:
-        _fail(EX_CANTCREAT, str(e))
-    log.info(
-        "========== manager %s begins (%s, pid %d)",
-        registration.endpoint_id,
-        directory,
-        os.getpid(),
-    )
-    try:
-        code = Manager(runtime, registration).run()
-    except Exception:
-        log.exception("the manager failed")
-        code = 70
-    finally:
-        pidfile.release()
-    raise typer.Exit(code)
+        _start_detached(settings, directory)
+    _exec_monitor(settings)
 
 
 def _wait_stopped(directory: Path, timeout_s: float) -> bool:

@@ -1,112 +1,99 @@
 """The manager's main loop: the imperative shell around the decision core.
 
-One thread does everything, in a loop that never blocks for long: consume start
-commands (acked at once, as upstream), decide, act (spawn, refresh credentials,
-or tell the submitter why not), reap children after SIGCHLD, restart those that
-exited cleanly while tasks still wait in their queue, publish heartbeats, copy audit
-records, and reload the identity mapping on SIGHUP. The manager talks to the
-broker over its one connection, made from its registration: notices and queue
-depth checks never follow an address a command names. The pieces it acts through
-live elsewhere: :mod:`mep.privilege` for every identity-changing syscall,
-:mod:`mep.children` for the child table, :mod:`mep.notices` for rejections.
+The manager runs as its own unprivileged account; its monitor (root) starts,
+contains, audits and reaps user endpoints on its behalf
+(:mod:`mep.monitor.server`). One thread does everything, in a loop that never
+blocks for long: consume start commands (acked at once, as upstream), decide,
+act (ask the monitor to spawn, refresh credentials, or tell the submitter why
+not), handle the exits the monitor reports, restart those that exited while
+tasks still wait in their queue, publish heartbeats, and reload the identity
+mapping on SIGHUP. The manager talks to the broker over its one connection,
+made from its registration: notices and queue depth checks never follow an
+address a command names.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import signal
 import time
-import typing as t
+import types
 
 import pika
+import pika.adapters.blocking_connection
 import pika.exceptions
+import pika.spec
 import setproctitle
 
-from mep import children as child_table
-from mep.audit import AuditLog, AuditWriteError, record_line, session_line
 from mep.command import Properties, Rejection
-from mep.containment import Containment, ContainmentError, current_layout
 from mep.decision import Decision, DecisionContext, LaunchPlan, Refresh, Running, decide
 from mep.launch import CredentialChannel, open_note_pipe, read_note
+from mep.monitor.channel import sealed_memfd
+from mep.monitor_link import Exited, MonitorGone, MonitorLink, SpawnRefused
 from mep.notices import send_failure_notice
-from mep.privilege import SpawnError, spawn_user_endpoint
 from mep.registration import Registration
+from mep.restart_policy import RestartBook, exit_facts
+from mep.runtime import Runtime
 from mep.task_queue import waiting_tasks
 from wire.amqp import connection_parameters, publish_kwargs, redact
 from wire.messages import EPStatusReport, pack
 
 log = logging.getLogger(__name__)
-# Longer than a user endpoint's own stop (its 10 s grace for running tasks, then
-# answering what did not finish), so no task is left unanswered by a manager stop.
-STOP_GRACE_S = 25.0
-CONTAINMENT_FAILED = (
-    "the endpoint host could not set up your user endpoint's resources;"
-    " please contact the endpoint administrator"
-)
 LOOP_TICK_S = 0.5
-STATUS_FILE = "status.json"
+Channel = pika.adapters.blocking_connection.BlockingChannel
 
 
 @dataclasses.dataclass
 class Started:
-    """What the manager remembers about a user endpoint it started."""
+    """What the manager remembers about a user endpoint the monitor started for it."""
 
     plan: LaunchPlan
     credentials: CredentialChannel
+    pid: int
     started_at: float
     last_request_at: float
-    note_fd: int = -1
+    note_fd: int
+
+    def close(self) -> None:
+        self.credentials.close()
+        if self.note_fd >= 0:
+            os.close(self.note_fd)
+            self.note_fd = -1
 
 
 class Manager:
-    """Runs until signalled; everything it needs comes from :class:`mep.runtime.Runtime`."""
+    """Runs until signalled or until its monitor is gone."""
 
-    def __init__(self, runtime: t.Any, registration: Registration) -> None:
+    def __init__(self, runtime: Runtime, registration: Registration, monitor: MonitorLink) -> None:
         self.rt = runtime
         self.reg = registration
-        self.children = child_table.ChildTable(runtime.restart_policy())
+        self.monitor = monitor
+        self.restarts = RestartBook(runtime.restart_policy())
         self.started: dict[str, Started] = {}
         self.pending_restarts: dict[str, float] = {}
         self.restart_plans: dict[str, LaunchPlan] = {}
-        self.audit: AuditLog | None = None
-        self.containment = Containment(
-            current_layout(), str(registration.endpoint_id), runtime.config.limits
-        )
         self._stop = False
         self._reload = False
         self._next_heartbeat = 0.0
-        self._connection: t.Any = None
-        self._channel: t.Any = None
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: Channel | None = None
 
     # ---- signals -------------------------------------------------------
     def _install_signals(self) -> None:
-        def stop(signum: int, _frame: t.Any) -> None:
+        def stop(signum: int, _frame: types.FrameType | None) -> None:
             log.info("received %s; stopping", signal.Signals(signum).name)
             self._stop = True
 
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, stop)
         signal.signal(signal.SIGHUP, lambda *_: setattr(self, "_reload", True))
-        signal.signal(signal.SIGCHLD, lambda *_: None)
 
     # ---- the loop ------------------------------------------------------
     def run(self) -> int:
         self._install_signals()
         self._title("running")
-        self.containment.prepare()
-        self.containment.start_warden()
-        log.info(
-            "user endpoints are contained in %s",
-            self.containment.unified_base or "no cgroup (this manager is their subreaper)",
-        )
-        if self.rt.config.audit_log_path:
-            self.audit = AuditLog(self.rt.config.audit_log_path)
-            self.audit.write(
-                session_line(os.getuid(), os.getpid(), str(self.reg.endpoint_id), True)
-            )
         backoff = 1.0
         try:
             while not self._stop:
@@ -114,14 +101,14 @@ class Manager:
                     self._serve()
                     backoff = 1.0
                 except (pika.exceptions.AMQPError, OSError) as e:
-                    self._write_status(connected=False)
+                    self._report_status(connected=False)
                     log.error(
                         "broker connection lost: %s; retrying in %.0f s", redact(str(e)), backoff
                     )
                     self._sleep_housekeeping(backoff)
                     backoff = min(backoff * 2, 30.0)
-        except AuditWriteError as e:
-            log.critical("%s; stopping (the audit log is fail-closed)", e)
+        except MonitorGone as e:
+            log.critical("the monitor is gone (%s); the manager ends", e)
             return 1
         finally:
             self._shutdown()
@@ -163,21 +150,23 @@ class Manager:
             self._housekeeping(heartbeats=False)
 
     def _housekeeping(self, heartbeats: bool = True) -> None:
-        for exited in self.children.reap():
+        for exited in self.monitor.events():
             self._on_exit(exited)
-        if not self.containment.contained:
-            self.children.reap_orphans()
         if self._reload:
             self._reload = False
             self.rt.reload()
         self._restart_due()
-        if self.audit:
-            self.audit.drain()
         if heartbeats and time.monotonic() >= self._next_heartbeat:
             self._heartbeat()
 
     # ---- commands ------------------------------------------------------
-    def _on_command(self, channel: t.Any, method: t.Any, props: t.Any, body: bytes) -> None:
+    def _on_command(
+        self,
+        channel: Channel,
+        method: pika.spec.Basic.Deliver,
+        props: pika.spec.BasicProperties,
+        body: bytes,
+    ) -> None:
         channel.basic_ack(method.delivery_tag)
         properties = Properties(
             props.content_type, props.timestamp, dict(props.headers or {}), props.user_id
@@ -187,16 +176,15 @@ class Manager:
         try:
             decision = decide(properties, body, time.time(), self._context())
             self._act(decision)
-        except AuditWriteError:
+        except MonitorGone:
             raise
         except Exception:
             log.exception("unable to handle a start command")
 
     def _context(self) -> DecisionContext:
         running = {
-            name: Running(user, str(self.started[name].plan.command.endpoint_id))
-            for name, user in self.children.running_users().items()
-            if name in self.started
+            name: Running(s.plan.account.name, str(s.plan.command.endpoint_id))
+            for name, s in self.started.items()
         }
         return self.rt.decision_context(running, self.reg)
 
@@ -210,7 +198,7 @@ class Manager:
 
     def _reject(self, rejection: Rejection) -> None:
         log.warning("start refused [%s]: %s", rejection.check, rejection.admin_message)
-        if rejection.endpoint_id is not None:
+        if rejection.endpoint_id is not None and self._channel is not None:
             send_failure_notice(
                 self._channel,
                 self.reg.heartbeat_queue,
@@ -230,84 +218,62 @@ class Manager:
         name = plan.command.name
         self.pending_restarts.pop(name, None)
         self.restart_plans.pop(name, None)
-        blocked = self.children.before_start(name)
+        blocked = self.restarts.before_start(name)
         if blocked is not None:
             self._reject(
-                self._plan_rejection(
-                    plan, "circuit_open", blocked.user_message, blocked.admin_message
-                )
+                _plan_rejection(plan, "circuit_open", blocked.user_message, blocked.admin_message)
             )
-            return
-        try:
-            join = self.containment.cell(plan.account.name, name).join_fds()
-        except ContainmentError as e:
-            self.containment.release(name)
-            self._reject(self._plan_rejection(plan, "containment", CONTAINMENT_FAILED, str(e)))
             return
         credentials = CredentialChannel(name, plan.command.amqp_creds)
+        order = self.rt.spawn_order(plan, credentials)
         note_r, note_w = open_note_pipe()
-        audit_w = None
-        if self.audit:
-            audit_r, audit_w = self.audit.open_pipe()
+        payload = sealed_memfd(order.payload)
         try:
-            request = self.rt.spawn_request(plan, credentials, audit_w, join, note_w)
-            spawned = spawn_user_endpoint(request)
-        except SpawnError as e:
+            outcome = self.monitor.spawn(
+                name=order.name,
+                user=order.user,
+                endpoint_id=order.endpoint_id,
+                identity=order.identity,
+                env=order.env,
+                fds=(payload, credentials.child_fd, note_w),
+            )
+        except BaseException:
             credentials.close()
             os.close(note_r)
-            self.containment.release(name)
-            self.children.after_start_failure(name)
-            self._reject(
-                self._plan_rejection(plan, f"spawn:{e.step}", e.user_message, e.admin_message)
-            )
-            return
+            raise
         finally:
-            for fd in (*join, note_w, *(() if audit_w is None else (audit_w,))):
-                os.close(fd)
-        credentials.close_child_end()
-        now = time.monotonic()
-        self.children.add(name, spawned)
-        self.started[name] = Started(plan, credentials, now, now, note_r)
-        if self.audit:
-            self.audit.watch(
-                audit_r, spawned.account.uid, spawned.pid, str(plan.command.endpoint_id)
-            )
-            self.audit.write(
-                record_line(
-                    spawned.account.uid,
-                    spawned.pid,
-                    str(plan.command.endpoint_id),
-                    f"START local_user={plan.account.name} identity={plan.ep_info.get('globus_matched_identity')}",
+            os.close(payload)
+            os.close(note_w)
+            credentials.close_child_end()
+        if isinstance(outcome, SpawnRefused):
+            credentials.close()
+            os.close(note_r)
+            self.restarts.after_start_failure(name)
+            self._reject(
+                _plan_rejection(
+                    plan, f"spawn:{outcome.step}", outcome.user_message, outcome.admin_message
                 )
             )
+            return
+        now = time.monotonic()
+        self.started[name] = Started(plan, credentials, outcome, now, now, note_r)
         log.info(
             "started user endpoint %s (pid %d) as %s for %s",
             name,
-            spawned.pid,
+            outcome,
             plan.account.name,
             plan.command.username,
         )
 
-    @staticmethod
-    def _plan_rejection(plan: LaunchPlan, check: str, user: str, admin: str) -> Rejection:
-        """A refusal of a planned start, told to its submitter (admin text names the account)."""
-        return Rejection(
-            check,
-            user,
-            f"{admin} (user endpoint {plan.command.name}, local user {plan.account.name})",
-            plan.command.endpoint_id,
-        )
-
-    # ---- children ------------------------------------------------------
-    def _on_exit(self, exited: t.Any) -> None:
+    # ---- exits ---------------------------------------------------------
+    def _on_exit(self, exited: Exited) -> None:
         started = self.started.pop(exited.name, None)
-        log.info("user endpoint %s (pid %d) exited: %s", exited.name, exited.pid, exited.describe())
-        self.containment.release(exited.name)
         if started is None:
             return
-        started.credentials.close()
+        facts = exit_facts(exited.rc, exited.signal, exited.ran_s, exited.stop_requested)
+        log.info("user endpoint %s (pid %d) exited: %s", exited.name, exited.pid, facts.description)
         note = read_note(started.note_fd)
-        os.close(started.note_fd)
+        started.close()
         if note:
             log.warning(
                 "user endpoint %s (local user %s) said why: %s",
@@ -315,17 +281,8 @@ class Manager:
                 started.plan.account.name,
                 note,
             )
-        if self.audit:
-            self.audit.write(
-                record_line(
-                    started.plan.account.uid,
-                    exited.pid,
-                    str(started.plan.command.endpoint_id),
-                    f"EXIT {exited.describe()}",
-                )
-            )
         has_work = not exited.stop_requested and self._has_waiting_work(started)
-        verdict = self.children.after_exit(exited, has_work)
+        verdict = self.restarts.after_exit(exited.name, facts, has_work)
         if self._stop:
             return
         if verdict.restart:
@@ -334,8 +291,11 @@ class Manager:
             self.restart_plans[exited.name] = started.plan
         elif verdict.user_message:  # the circuit opened
             self._reject(
-                self._plan_rejection(
-                    started.plan, verdict.verdict.value, verdict.user_message, verdict.admin_message
+                _plan_rejection(
+                    started.plan,
+                    verdict.verdict.value,
+                    verdict.user_message,
+                    verdict.admin_message,
                 )
             )
         elif verdict.admin_message:
@@ -365,12 +325,12 @@ class Manager:
     def _heartbeat(self, final: bool = False) -> None:
         period = self.rt.config.heartbeat_period
         self._next_heartbeat = time.monotonic() + period
-        self._write_status(connected=self._channel is not None and not final)
+        self._report_status(connected=self._channel is not None and not final)
         if self._channel is None:
             return
         state = {
             "heartbeat_period": 0 if final else period,
-            "user_endpoints": len(self.children),
+            "user_endpoints": len(self.started),
             "active": not final,
         }
         report = EPStatusReport(
@@ -383,23 +343,9 @@ class Manager:
         except pika.exceptions.AMQPError as e:
             log.warning("heartbeat not delivered: %s", redact(str(e)))
 
-    def _write_status(self, connected: bool) -> None:
-        """``status.json`` tells ``compute-endpoint list`` what the manager is doing."""
-        state = {
-            "endpoint_id": str(self.reg.endpoint_id),
-            "pid": os.getpid(),
-            "connected": connected,
-            "user_endpoints": len(self.children),
-            "updated": time.time(),
-            "heartbeat_period": self.rt.config.heartbeat_period,
-            "broker": redact(self.reg.command_queue.connection_url),
-        }
-        path = self.rt.endpoint_dir / STATUS_FILE
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(state, f)
-        os.replace(tmp, path)
+    def _report_status(self, connected: bool) -> None:
+        """The monitor keeps ``status.json`` for ``compute-endpoint list``."""
+        self.monitor.status(connected)
 
     def _title(self, state: str) -> None:
         setproctitle.setproctitle(
@@ -407,25 +353,20 @@ class Manager:
         )
 
     def _shutdown(self) -> None:
+        """The monitor stops the user endpoints; what is left here is our own descriptors."""
         self._title("shutdown in progress")
         self.pending_restarts.clear()
-        self.children.stop_all(STOP_GRACE_S)
-        for exited in self.children.reap():
-            log.info("user endpoint %s stopped: %s", exited.name, exited.describe())
-        self.containment.close()
-        if not self.containment.contained:
-            self.children.reap_orphans(everyone=True)
         for started in self.started.values():
-            started.credentials.close()
-            os.close(started.note_fd)
+            started.close()
         self.started.clear()
-        if self.audit:
-            try:
-                self.audit.drain()
-                self.audit.write(
-                    session_line(os.getuid(), os.getpid(), str(self.reg.endpoint_id), False)
-                )
-            except AuditWriteError as e:
-                log.critical("%s", e)
-            self.audit.close()
         log.info("shutdown complete; manager %s ends", self.reg.endpoint_id)
+
+
+def _plan_rejection(plan: LaunchPlan, check: str, user: str, admin: str) -> Rejection:
+    """A refusal of a planned start, told to its submitter (admin text names the account)."""
+    return Rejection(
+        check,
+        user,
+        f"{admin} (user endpoint {plan.command.name}, local user {plan.account.name})",
+        plan.command.endpoint_id,
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import json
-import os
 import platform
 import socket
 import typing as t
@@ -19,6 +18,10 @@ from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 
+if t.TYPE_CHECKING:
+    import globus_sdk
+
+from templates.manager_config import ManagerConfig
 from wire.errors import QueueInfoError
 from wire.queue_info import BrokerAddress, ReadQueueInfo, WriteQueueInfo, rewrite_port
 
@@ -88,7 +91,7 @@ def client_credentials(environ: Mapping[str, str]) -> tuple[str, str]:
 
 def registration_body(
     name: str,
-    config: t.Any,
+    config: ManagerConfig,
     *,
     multi_user: bool,
     config_text: str,
@@ -153,21 +156,19 @@ def parse_registration(answer: Mapping, requested: uuid.UUID | None) -> Registra
 
 
 def read_endpoint_id(endpoint_dir: Path) -> uuid.UUID | None:
+    """The id ``endpoint.json`` keeps (the monitor writes it at every registration)."""
     try:
-        return uuid.UUID(json.loads((endpoint_dir / ENDPOINT_FILE).read_text())["endpoint_id"])
+        text = (endpoint_dir / ENDPOINT_FILE).read_text()
     except FileNotFoundError:
         return None
+    return parse_endpoint_file(text, str(endpoint_dir / ENDPOINT_FILE))
+
+
+def parse_endpoint_file(text: str, source: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(json.loads(text)["endpoint_id"])
     except (ValueError, KeyError, TypeError) as e:
-        raise RegistrationError(
-            EX_DATAERR, f"{endpoint_dir / ENDPOINT_FILE} is damaged: {e}"
-        ) from None
-
-
-def write_endpoint_id(endpoint_dir: Path, endpoint_id: uuid.UUID) -> None:
-    path = endpoint_dir / ENDPOINT_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"endpoint_id": str(endpoint_id)}, f)
+        raise RegistrationError(EX_DATAERR, f"{source} is damaged: {e}") from None
 
 
 def _http_failure(e: Exception) -> RegistrationError:
@@ -190,7 +191,9 @@ def _http_failure(e: Exception) -> RegistrationError:
     return RegistrationError(EX_TEMPFAIL, f"cannot reach the compute service: {detail}")
 
 
-def compute_client(service_url: str, auth_url: str, client_id: str, secret: str) -> t.Any:
+def compute_client(
+    service_url: str, auth_url: str, client_id: str, secret: str
+) -> globus_sdk.ComputeClientV3:
     """A globus-sdk compute client authorized with client credentials."""
     import globus_sdk
 
@@ -218,7 +221,9 @@ def owner_identities(auth_url: str, client_id: str, secret: str) -> frozenset[st
     return subs
 
 
-def register(client: t.Any, body: dict, endpoint_id: uuid.UUID | None) -> Registration:
+def register(
+    client: globus_sdk.ComputeClientV3, body: dict, endpoint_id: uuid.UUID | None
+) -> Registration:
     """POST a new registration, or PUT to keep the id we already have."""
     try:
         if endpoint_id is None:

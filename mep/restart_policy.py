@@ -31,6 +31,8 @@ not counted as a failure) and 78 (it could not start with that config, e.g.
 from __future__ import annotations
 
 import enum
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from templates.manager_config import RestartPolicy
@@ -182,3 +184,51 @@ def after_start_failure(name: str, history: History, now: float, policy: Restart
     if isinstance(failed, Decision):
         return failed
     return Decision(Verdict.STAY_STOPPED, failed, admin_message=f"{name!r} failed to start")
+
+
+def exit_facts(rc: int | None, sig: int | None, ran_s: float, stop_requested: bool) -> ExitFacts:
+    """The facts of one exit, as the monitor reported it."""
+    if sig is not None:
+        description = f"terminated by signal {sig}"
+    elif rc is None:
+        description = "exit status unknown"
+    else:
+        description = "stopped normally" if rc == 0 else f"return code {rc}"
+    return ExitFacts(
+        rc == 0,
+        ran_s,
+        stop_requested,
+        description,
+        refused=rc == REFUSED_EXIT,
+        final=rc == FINAL_EXIT,
+    )
+
+
+class RestartBook:
+    """Each user endpoint name's history, replaced with every decision's (the rules are above)."""
+
+    def __init__(self, policy: RestartPolicy, clock: Callable[[], float] = time.monotonic) -> None:
+        self.policy = policy
+        self._clock = clock
+        self._history: dict[str, History] = {}
+
+    def after_exit(self, name: str, facts: ExitFacts, has_pending_work: bool) -> Decision:
+        return self._decide(
+            name,
+            lambda h, now: after_exit(name, facts, has_pending_work, h, now, self.policy),
+        )
+
+    def before_start(self, name: str) -> Decision | None:
+        """None if ``name`` may start; a CIRCUIT_OPEN decision (with messages) if not."""
+        return before_start(name, self._history.get(name, History()), self._clock(), self.policy)
+
+    def after_start_failure(self, name: str) -> Decision:
+        return self._decide(name, lambda h, now: after_start_failure(name, h, now, self.policy))
+
+    def _decide(self, name: str, rule: Callable[[History, float], Decision]) -> Decision:
+        decision = rule(self._history.get(name, History()), self._clock())
+        if decision.history == History():
+            self._history.pop(name, None)
+        else:
+            self._history[name] = decision.history
+        return decision

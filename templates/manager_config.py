@@ -94,6 +94,7 @@ class ManagerConfig:
     allow_system_accounts: tuple[str, ...] = ()
     allowed_groups: tuple[str, ...] = ()
     denied_users: tuple[str, ...] = ()
+    manager_user: str = "compute-agent"  # the manager's unprivileged account, under a root monitor
     restart: RestartPolicy = dataclasses.field(default_factory=RestartPolicy)
     limits: Limits = Limits()
 
@@ -143,6 +144,13 @@ def _name_list(value: t.Any, where: f.Where) -> tuple[str, ...]:
     return f.list_of(f.string)(value, where) if value is not None else ()
 
 
+def _account_name(value: t.Any, where: f.Where) -> str:
+    name = f.string(value, where)
+    if not name or "/" in name or ":" in name or not name.isprintable() or name == "root":
+        where.fail(f"expected the name of an unprivileged local account, got {name!r}")
+    return name
+
+
 def _account_names(value: t.Any, where: f.Where) -> tuple[str, ...]:
     """System accounts (below ``min_uid``) a mapping may still name: a list, never a switch."""
     if isinstance(value, bool):
@@ -150,11 +158,11 @@ def _account_names(value: t.Any, where: f.Where) -> tuple[str, ...]:
     return _name_list(value, where)
 
 
-def _readers(base: Path) -> dict[str, f.Reader]:
+def _readers(base: Path, check_files: bool) -> dict[str, f.Reader]:
     def path(must_exist: bool) -> f.Reader:
         def read(value: t.Any, where: f.Where) -> Path:
             resolved = base / Path(f.string(value, where)).expanduser()
-            if must_exist and not resolved.exists():
+            if must_exist and check_files and not resolved.exists():
                 where.fail(f"file {resolved} does not exist")
             return resolved
 
@@ -185,6 +193,7 @@ def _readers(base: Path) -> dict[str, f.Reader]:
         "allow_system_accounts": _account_names,
         "allowed_groups": _name_list,
         "denied_users": _name_list,
+        "manager_user": _account_name,
         "restart": _subsection(
             RestartPolicy,
             {
@@ -208,10 +217,16 @@ def _readers(base: Path) -> dict[str, f.Reader]:
     }
 
 
-def _default_paths(endpoint_dir: Path, given: dict[str, t.Any]) -> dict[str, t.Any]:
-    """The files an endpoint directory holds by convention, when the config names none."""
+def _default_paths(endpoint_dir: Path, given: dict[str, t.Any], check: bool) -> dict[str, t.Any]:
+    """The files an endpoint directory holds by convention, when the config names none.
+
+    Without ``check`` (the unprivileged manager, which cannot look into the
+    directory) the conventional names are taken as they are.
+    """
 
     def first_existing(*names: str) -> Path | None:
+        if not check:
+            return endpoint_dir / names[0]
         return next((endpoint_dir / n for n in names if (endpoint_dir / n).exists()), None)
 
     defaults = {
@@ -224,9 +239,14 @@ def _default_paths(endpoint_dir: Path, given: dict[str, t.Any]) -> dict[str, t.A
 
 
 def manager_config_from_text(
-    text: str, endpoint_dir: Path, source: str | None = None
+    text: str, endpoint_dir: Path, source: str | None = None, check_files: bool = True
 ) -> ManagerConfig:
-    """Parse ``config.yaml`` text; ``endpoint_dir`` anchors relative and default paths."""
+    """Parse ``config.yaml`` text; ``endpoint_dir`` anchors relative and default paths.
+
+    ``check_files=False`` skips checking that the files named exist: the manager
+    runs unprivileged and reads them through its monitor, which ``start`` told
+    where they are after checking them itself.
+    """
     data = load_located(text, source)
     if data is None:
         data = {}
@@ -237,8 +257,8 @@ def manager_config_from_text(
         f.Where("engine", source, data.line_of("engine")).fail(
             f"an engine block belongs in {TEMPLATE_NAME}, not in the manager config; move it there"
         )
-    values = f.read_section(data, _readers(endpoint_dir), where)
-    values.update(_default_paths(endpoint_dir, values))
+    values = f.read_section(data, _readers(endpoint_dir, check_files), where)
+    values.update(_default_paths(endpoint_dir, values, check_files))
     if values.get("high_assurance") and values.get("audit_log_path") is None:
         log.info("%s: high_assurance is set without audit_log_path; no audit log", source)
     restart = values.get("restart", RestartPolicy())

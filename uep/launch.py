@@ -24,7 +24,7 @@ import typing as t
 import uuid
 from pathlib import Path
 
-from templates.endpoint_dir import user_endpoint_paths
+from templates.paths import user_endpoint_paths
 from templates.pidfile import AlreadyRunning, PidFile
 from uep.payload import LaunchPayload, PayloadError, credential_source, parse_payload
 from wire.amqp import install_redaction

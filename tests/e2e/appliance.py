@@ -191,7 +191,11 @@ def submit(mgr: Manager, who: str, script: Path, *args: str, user_dir: Path) -> 
 
 
 def manager_children(manager_pid: int) -> dict[int, dict]:
-    """The manager's live children but its warden: pid -> /proc facts."""
+    """The monitor's live children but its warden and the manager: pid -> /proc facts.
+
+    ``manager_pid`` is what ``compute-endpoint start`` became: the root monitor,
+    the parent of every user endpoint.
+    """
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -212,7 +216,10 @@ def manager_children(manager_pid: int) -> dict[int, dict]:
                 "fds": {fd.name: os.readlink(fd) for fd in (entry / "fd").iterdir()},
                 "cmdline": (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(),
             }
-            if found[int(entry.name)]["cmdline"].startswith("compute-agent warden"):
+            cmdline = found[int(entry.name)]["cmdline"]
+            if cmdline.startswith(("compute-agent warden", "compute-agent manager")) or (
+                "mep.manager_process" in cmdline
+            ):
                 del found[int(entry.name)]
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue

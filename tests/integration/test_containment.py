@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mep.containment import Containment, Layout, current_layout
-from templates.manager_config import Limits
+from mep.monitor.containment import Containment, Layout, current_layout
 from tests.processes import alive
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="writes cgroupfs")
@@ -55,7 +54,7 @@ def spawn_in(fds: tuple[int, ...], code: str) -> subprocess.Popen:
 
 @pytest.fixture
 def containment():
-    made = Containment(LAYOUT, str(uuid.uuid4()), Limits(processes_per_user=30))
+    made = Containment(LAYOUT, str(uuid.uuid4()), processes_per_user=30)
     made.prepare()
     yield made
     made.close()
@@ -120,7 +119,7 @@ def test_a_process_limit_covers_everything_in_the_accounts_cells(containment):
 WARDEN_MANAGER = textwrap.dedent(
     """
     import os, subprocess, sys, time
-    from mep.containment import Containment, current_layout
+    from mep.monitor.containment import Containment, current_layout
     box = Containment(current_layout(), sys.argv[1])
     box.prepare()
     box.start_warden()
@@ -169,8 +168,8 @@ def test_the_warden_kills_every_cell_when_the_manager_is_killed():
 FLOOR = textwrap.dedent(
     """
     import os, subprocess, sys, time
-    from mep.children import ChildTable
-    from mep.containment import Containment, Layout
+    from mep.monitor.children import ChildTable
+    from mep.monitor.containment import Containment, Layout
     box = Containment(Layout(unified=None), sys.argv[1])
     box.prepare()
     assert not box.contained

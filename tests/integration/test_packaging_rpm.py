@@ -232,7 +232,7 @@ def test_erase_leaves_nothing_behind(package, tmp_path):
 
 # --- scriptlets ---------------------------------------------------------------
 
-SCRIPTLETS = {"post": "%{POSTIN}", "preun": "%{PREUN}", "postun": "%{POSTUN}"}
+SCRIPTLETS = {"pre": "%{PREIN}", "post": "%{POSTIN}", "preun": "%{PREUN}", "postun": "%{POSTUN}"}
 
 
 @pytest.fixture(scope="session")
@@ -257,6 +257,24 @@ def fake_systemctl(request, tmp_path):
     tool.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexit {request.param}\n')
     tool.chmod(0o755)
     return bindir, log
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["new", "present"])
+def test_pre_creates_the_managers_account_once(scriptlets, tmp_path, exists):
+    """The manager's unprivileged account: a system account, no login, no home of its own."""
+    bindir, log = tmp_path / "bin", tmp_path / "calls"
+    bindir.mkdir()
+    for tool, code in (("getent", 0 if exists else 2), ("useradd", 0)):
+        (bindir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\nexit {code}\n')
+        (bindir / tool).chmod(0o755)
+    calls = run_scriptlet(scriptlets["pre"], 1, bindir, log)
+    assert calls[0] == "getent passwd compute-agent"
+    if exists:
+        assert calls == ["getent passwd compute-agent"]
+    else:
+        [useradd] = calls[1:]
+        assert useradd.startswith("useradd --system") and useradd.endswith(" compute-agent")
+        assert "--no-create-home" in useradd and "nologin" in useradd
 
 
 def test_first_install_presets_the_units(scriptlets, fake_systemctl):

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from mep import privilege
-from mep.children import ChildTable
-from mep.pam import PamError, PamSession
-from mep.privilege import SpawnError, spawn_user_endpoint
+from mep.monitor import spawn as privilege
+from mep.monitor.children import ChildTable
+from mep.monitor.pam import PamError, PamSession
+from mep.monitor.spawn import SpawnError
 from tests.integration.test_privilege_parent_death import (
     alive,
     intermediates,  # noqa: F401 (fixture)
@@ -32,6 +32,7 @@ from tests.integration.test_privilege_spawn import (  # noqa: F401 (fixtures)
     make_request,
     probe_dir,
     proc_status,
+    spawn_user_endpoint,
     wait_for_log,
 )
 from tests.processes import zombie_children

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from mep.privilege import signal_as_user
+from mep.monitor.spawn import signal_as_user
 from tests.conftest import REPO
 from tests.integration.test_privilege_spawn import (  # noqa: F401 (fixtures)
     local_account,
@@ -35,14 +35,16 @@ pytestmark = [
 
 INTERMEDIATE = """\
 import json, os, pwd, sys, time
-from mep.privilege import LocalAccount, SpawnRequest, spawn_user_endpoint
+from identity.policy import LocalAccount
+from mep.monitor.channel import sealed_memfd
+from mep.monitor.spawn import SpawnRequest, spawn
 args = json.loads(sys.argv[1])
 e = pwd.getpwnam(args["user"])
 groups = tuple(os.getgrouplist(e.pw_name, e.pw_gid))
 account = LocalAccount(e.pw_name, e.pw_uid, e.pw_gid, groups, e.pw_dir, e.pw_shell)
-request = SpawnRequest(account, tuple(args["argv"]), args["env"], b"", args["log_dir"],
-                       use_pam=args["use_pam"], pam_service=args["pam_service"])
-spawned = spawn_user_endpoint(request)
+request = SpawnRequest(account, tuple(args["argv"]), args["env"], sealed_memfd(b""),
+                       args["log_dir"], use_pam=args["use_pam"], pam_service=args["pam_service"])
+spawned = spawn(request)
 print(spawned.pid, spawned.pgid, flush=True)
 time.sleep(600)
 """

@@ -2,7 +2,7 @@
 
 Each test creates its own local user (``useradd -m``) with a supplementary
 group, starts a tiny probe program as that user through
-:func:`mep.privilege.spawn_user_endpoint`, and inspects the running process
+:func:`mep.monitor.spawn.spawn`, and inspects the running process
 from the outside via ``/proc``. The probe lives in a world-readable temporary
 directory and runs under ``/usr/bin/python3``, which every user can execute.
 """
@@ -23,13 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from mep.privilege import (
-    LocalAccount,
-    SpawnError,
-    SpawnRequest,
-    signal_as_user,
-    spawn_user_endpoint,
-)
+from identity.policy import LocalAccount
+from mep.monitor.channel import sealed_memfd
+from mep.monitor.spawn import Spawned, SpawnError, SpawnRequest, signal_as_user, spawn
 from tests.processes import zombie_children
 
 pytestmark = [
@@ -116,16 +112,25 @@ def user_env(account: LocalAccount) -> dict[str, str]:
     }
 
 
-def make_request(account, probe_dir, *args, **overrides) -> SpawnRequest:
+def make_request(account, probe_dir, *args, payload=b'{"config": "x"}', **overrides):
+    """A request whose stdin is ``payload`` in a sealed memfd (the caller closes it)."""
     fields = dict(
         account=account,
         argv=(PYTHON, str(probe_dir / "probe.py"), *args),
         env=user_env(account),
-        stdin_payload=b'{"config": "engine: {}"}',
+        stdin_fd=sealed_memfd(payload),
         log_dir=f"{account.home}/.compute_agent/probe-{secrets.token_hex(3)}",
     )
     fields.update(overrides)
     return SpawnRequest(**fields)
+
+
+def spawn_user_endpoint(req: SpawnRequest) -> Spawned:
+    """Spawn, then close the request's stdin memfd (the child has its copy)."""
+    try:
+        return spawn(req)
+    finally:
+        os.close(req.stdin_fd)
 
 
 def wait_for_log(path: str, text: str, timeout: float = 30.0) -> str:
@@ -201,23 +206,26 @@ def test_environment_is_exactly_the_one_given(started, local_account):
     assert proc_environ(spawned.pid) == user_env(local_account)
 
 
-def test_only_stdio_and_extra_fds_are_inherited(started):
+def test_only_stdio_and_passed_fds_are_inherited_at_3_and_up(started):
     leaked = os.open("/etc/hostname", os.O_RDONLY)  # inheritable, not close-on-exec
     os.set_inheritable(leaked, True)
-    extra = os.memfd_create("creds", os.MFD_CLOEXEC)
+    first = os.memfd_create("creds", os.MFD_CLOEXEC)
+    second = os.memfd_create("note", os.MFD_CLOEXEC)
     try:
-        spawned, _, log = started(extra_fds=(extra,))
+        # In the opposite order of their numbers here: placing must not clobber either.
+        spawned, _, log = started(pass_fds=(second, first))
         wait_for_log(log, "ready")
         fds = {int(fd) for fd in os.listdir(f"/proc/{spawned.pid}/fd")}
-        assert fds == {0, 1, 2, extra}
-        assert os.readlink(f"/proc/{spawned.pid}/fd/{extra}") == os.readlink(
-            f"/proc/self/fd/{extra}"
-        )
+        assert fds == {0, 1, 2, 3, 4}
+        for number, fd in ((3, second), (4, first)):
+            assert os.readlink(f"/proc/{spawned.pid}/fd/{number}") == os.readlink(
+                f"/proc/self/fd/{fd}"
+            )
         assert os.path.samefile(f"/proc/{spawned.pid}/fd/1", log)
         assert os.path.samefile(f"/proc/{spawned.pid}/fd/2", log)
     finally:
-        os.close(leaked)
-        os.close(extra)
+        for fd in (leaked, first, second):
+            os.close(fd)
 
 
 def test_log_dir_and_log_are_private_and_owned(started, local_account):
@@ -231,7 +239,7 @@ def test_log_dir_and_log_are_private_and_owned(started, local_account):
 
 def test_one_mebibyte_payload_arrives_intact(started):
     payload = os.urandom(1 << 20)
-    _, _, log = started(stdin_payload=payload)
+    _, _, log = started(payload=payload)
     content = wait_for_log(log, "ready")
     assert f"payload {len(payload)} {hashlib.sha256(payload).hexdigest()}" in content
 
@@ -357,7 +365,7 @@ def test_signal_dispositions_and_mask_are_reset(started):
     [
         ("request", {"env": {"A=B": "x"}}),
         ("request", {"env": {"A": "x\0y"}}),
-        ("request", {"extra_fds": (2,)}),
+        ("request", {"pass_fds": tuple(range(3, 12))}),
         ("request", {"log_dir": "relative/dir"}),
         ("request", {"log_name": "../escape.log"}),
         ("request", {"argv": ()}),

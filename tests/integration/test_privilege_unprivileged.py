@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mep.privilege import LocalAccount
+from identity.policy import LocalAccount
 from tests.conftest import REPO
 from tests.integration.test_privilege_parent_death import (  # noqa: F401 (fixture)
     reap_orphan,
@@ -39,13 +39,14 @@ pytestmark = [
 
 MANAGER = """\
 import json, os, signal, sys
-from mep.privilege import (LocalAccount, SpawnError, SpawnRequest, signal_as_user,
-                           spawn_user_endpoint)
+from identity.policy import LocalAccount
+from mep.monitor.channel import sealed_memfd
+from mep.monitor.spawn import SpawnError, SpawnRequest, signal_as_user, spawn
 args = json.loads(sys.argv[1])
-request = SpawnRequest(LocalAccount(*args["account"]), tuple(args["argv"]), args["env"], b"",
-                       args["log_dir"])
+request = SpawnRequest(LocalAccount(*args["account"]), tuple(args["argv"]), args["env"],
+                       sealed_memfd(b""), args["log_dir"])
 try:
-    spawned = spawn_user_endpoint(request)
+    spawned = spawn(request)
 except SpawnError as e:
     print(json.dumps({"step": e.step}), flush=True)
     sys.exit(0)

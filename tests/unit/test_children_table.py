@@ -1,4 +1,5 @@
-"""The child table's bookkeeping and reaping, with real (tiny, same-user) child processes.
+"""The monitor's child table (reaping, with real tiny same-user children) and the
+manager's restart book.
 
 Stopping needs root (signals go out as the child's user) and is covered in
 ``tests/integration/test_children_stop.py``.
@@ -12,9 +13,10 @@ import time
 
 import pytest
 
-from mep.children import ChildTable, ExitRecord
-from mep.privilege import LocalAccount, Spawned
-from mep.restart_policy import RestartPolicy, Verdict
+from identity.policy import LocalAccount
+from mep.monitor.children import ChildTable, ExitRecord
+from mep.monitor.spawn import Spawned
+from mep.restart_policy import RestartBook, RestartPolicy, Verdict, exit_facts
 
 ME = LocalAccount("someone", 4242, 4242, (4242,), "/home/someone", "/bin/sh")
 OTHER = LocalAccount("other", 4343, 4343, (4343,), "/home/other", "/bin/sh")
@@ -53,12 +55,13 @@ def spawned(pid: int, account: LocalAccount = ME) -> Spawned:
 
 @pytest.fixture
 def table():
-    t = ChildTable(RestartPolicy(max_failures=2, healthy_run_s=60.0), clock=Clock())
+    t = ChildTable(clock=Clock())
     yield t
-    for name in list(t.running_users()):
-        pid = t.get(name).spawned.pid
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+    for name in ("a", "b", "c", "ep", "clean", "failed", "killed"):
+        if name in t:
+            pid = t.get(name).spawned.pid
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
 
 def test_reap_reports_exit_codes_and_signals_once(table):
@@ -106,7 +109,7 @@ def test_reap_leaves_other_children_alone(table):
     assert os.waitstatus_to_exitcode(status) == 7
 
 
-def test_one_user_endpoint_per_name_and_per_user_counts(table):
+def test_one_user_endpoint_per_name(table):
     r, w = os.pipe()
     pids = [fork_child(lambda: os.read(r, 1)) for _ in range(3)]
     table.add("a", spawned(pids[0]))
@@ -114,8 +117,7 @@ def test_one_user_endpoint_per_name_and_per_user_counts(table):
     table.add("c", spawned(pids[2], OTHER))
     with pytest.raises(ValueError, match="already running"):
         table.add("a", spawned(pids[2]))
-    assert table.running_users() == {"a": "someone", "b": "someone", "c": "other"}
-    assert (table.count_for("someone"), table.count_for("other"), table.count_for("x")) == (2, 1, 0)
+    assert len(table) == 3
     os.write(w, b"xxx")
     for pid in pids:
         wait_until_zombie(pid)
@@ -129,25 +131,59 @@ def test_describe_an_unknown_status():
     assert "unknown" in record.describe()
 
 
-def test_restart_history_is_kept_per_name(table):
-    quick_crash = ExitRecord("ep", 1, ME, 1, None, 1.0, False)
-    assert table.after_exit(quick_crash, True).verdict is Verdict.RESTART
-    assert table.before_start("ep") is None
-    assert table.after_exit(quick_crash, True).verdict is Verdict.CIRCUIT_OPEN
-    refused = table.before_start("ep")
+def test_an_exit_becomes_the_event_the_manager_reads():
+    record = ExitRecord("ep", 7, ME, None, 9, 1.23456, True, "uep-id")
+    assert record.event() == {
+        "event": "exited",
+        "name": "ep",
+        "pid": 7,
+        "rc": None,
+        "signal": 9,
+        "ran_s": 1.235,
+        "stop_requested": True,
+    }
+
+
+@pytest.fixture
+def book():
+    return RestartBook(RestartPolicy(max_failures=2, healthy_run_s=60.0), clock=Clock())
+
+
+def test_restart_history_is_kept_per_name(book):
+    quick_crash = exit_facts(1, None, 1.0, False)
+    assert book.after_exit("ep", quick_crash, True).verdict is Verdict.RESTART
+    assert book.before_start("ep") is None
+    assert book.after_exit("ep", quick_crash, True).verdict is Verdict.CIRCUIT_OPEN
+    refused = book.before_start("ep")
     assert refused is not None and refused.verdict is Verdict.CIRCUIT_OPEN
-    assert table.before_start("another") is None
-    table._clock.now += table.policy.cooldown_s
-    assert table.before_start("ep") is None
+    assert book.before_start("another") is None
+    book._clock.now += book.policy.cooldown_s
+    assert book.before_start("ep") is None
 
 
-def test_a_clean_exit_with_work_is_restarted(table):
-    healthy = ExitRecord("ep", 1, ME, 0, None, 3600.0, False)
-    decision = table.after_exit(healthy, has_pending_work=True)
+def test_a_clean_exit_with_work_is_restarted(book):
+    healthy = exit_facts(0, None, 3600.0, False)
+    decision = book.after_exit("ep", healthy, has_pending_work=True)
     assert decision.restart and decision.delay_s == 0.0
-    assert not table.after_exit(healthy, has_pending_work=False).restart
+    assert not book.after_exit("ep", healthy, has_pending_work=False).restart
 
 
-def test_failed_spawns_count(table):
-    table.after_start_failure("ep")
-    assert table.after_start_failure("ep").verdict is Verdict.CIRCUIT_OPEN
+def test_failed_spawns_count(book):
+    book.after_start_failure("ep")
+    assert book.after_start_failure("ep").verdict is Verdict.CIRCUIT_OPEN
+
+
+@pytest.mark.parametrize(
+    ("rc", "sig", "words", "refused", "final"),
+    [
+        (0, None, "stopped normally", False, False),
+        (3, None, "return code 3", False, False),
+        (None, 9, "signal 9", False, False),
+        (65, None, "return code 65", True, False),
+        (78, None, "return code 78", False, True),
+    ],
+)
+def test_exit_facts_from_the_monitors_report(rc, sig, words, refused, final):
+    facts = exit_facts(rc, sig, 2.0, False)
+    assert words in facts.description
+    assert (facts.clean, facts.refused, facts.final) == (rc == 0, refused, final)

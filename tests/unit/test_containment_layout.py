@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mep.containment import ContainmentError, _component, read_layout
+from mep.monitor.containment import ContainmentError, _component, read_layout
 from templates.errors import ConfigError
 from templates.fields import Where, byte_size
 

@@ -9,10 +9,10 @@ import pytest
 from cryptography.fernet import Fernet
 
 from identity.policy import LocalAccount
-from mep.audit import AuditLog, AuditWriteError, clean, record_line, session_line
 from mep.command import StartCommand
 from mep.decision import LaunchPlan
 from mep.launch import CredentialChannel, child_environment, parse_user_environment, stdin_payload
+from mep.monitor.audit import AuditLog, AuditWriteError, clean, record_line, session_line
 from mep.registration import (
     EX_SOFTWARE,
     RegistrationError,

@@ -1,21 +1,21 @@
-"""The manager's children: one user endpoint per name, reaped, stopped as their own user.
+"""The monitor's children: one user endpoint per name, reaped, stopped as their own user.
 
 Every exit, whether noticed after SIGCHLD or caused by :meth:`ChildTable.stop`,
-comes out of :meth:`ChildTable.reap` exactly once, so the manager handles exits
-in one place. Children are waited for by pid, never with ``waitpid(-1)``: that
-would steal the exit status of processes other code waits for (subprocess
-runs of external identity mappers, signal helpers).
+comes out of :meth:`ChildTable.reap` exactly once, and becomes one ``exited``
+event for the manager (which decides about restarts). Children are waited for
+by pid, never with ``waitpid(-1)``: that would steal the exit status of
+processes other code waits for (the manager itself, signal helpers).
 
 Stopping sends SIGTERM to the user endpoint itself (our unreaped child, so its
 pid cannot have been recycled), waits the grace period, then SIGKILL to its
-process group through :func:`mep.privilege.signal_as_user`. Only the user
+process group through :func:`mep.monitor.spawn.signal_as_user`. Only the user
 endpoint is asked to stop: the processes of its engine (a Parsl interchange
 shares its process group) must keep serving while it finishes running tasks;
-its cgroup (:mod:`mep.containment`) takes whatever is left afterwards. The
+its cgroup (:mod:`mep.monitor.containment`) takes whatever is left afterwards. The
 exit is observed with ``WNOWAIT`` so the zombie still holds the group id while
 the final SIGKILL sweeps stragglers: the id cannot be recycled in between.
 
-Not thread-safe: call it from the manager's loop only.
+Not thread-safe: call it from the monitor's loop only.
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from identity.policy import LocalAccount
-from mep import restart_policy as policy_rules
-from mep.privilege import Spawned, signal_as_user
-from mep.restart_policy import Decision, ExitFacts, History, RestartPolicy
+from mep.monitor.spawn import Spawned, signal_as_user
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05
@@ -47,6 +45,7 @@ class ExitRecord:
     signal: int | None
     ran_s: float
     stop_requested: bool
+    endpoint_id: str = ""
 
     @property
     def clean(self) -> bool:
@@ -59,15 +58,17 @@ class ExitRecord:
             return "exit status unknown (reaped elsewhere)"
         return "stopped normally" if self.rc == 0 else f"return code {self.rc}"
 
-    def facts(self) -> ExitFacts:
-        return ExitFacts(
-            self.clean,
-            self.ran_s,
-            self.stop_requested,
-            self.describe(),
-            refused=self.rc == policy_rules.REFUSED_EXIT,
-            final=self.rc == policy_rules.FINAL_EXIT,
-        )
+    def event(self) -> dict:
+        """What the manager is told (it decides about restarts)."""
+        return {
+            "event": "exited",
+            "name": self.name,
+            "pid": self.pid,
+            "rc": self.rc,
+            "signal": self.signal,
+            "ran_s": round(self.ran_s, 3),
+            "stop_requested": self.stop_requested,
+        }
 
 
 def _signal_name(number: int) -> str:
@@ -83,26 +84,21 @@ class Child:
     spawned: Spawned
     started_at: float
     stop_requested: bool = False
+    endpoint_id: str = ""
 
 
 class ChildTable:
-    """Running user endpoints by name, plus each name's restart history."""
+    """Running user endpoints by name."""
 
-    def __init__(
-        self,
-        policy: RestartPolicy | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.policy = policy or RestartPolicy()
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._children: dict[str, Child] = {}
         self._exited: list[ExitRecord] = []
-        self._history: dict[str, History] = {}
 
-    def add(self, name: str, spawned: Spawned) -> Child:
+    def add(self, name: str, spawned: Spawned, endpoint_id: str = "") -> Child:
         if name in self._children:
             raise ValueError(f"user endpoint {name!r} is already running")
-        child = Child(name, spawned, self._clock())
+        child = Child(name, spawned, self._clock(), endpoint_id=endpoint_id)
         self._children[name] = child
         return child
 
@@ -114,14 +110,6 @@ class ChildTable:
 
     def __len__(self) -> int:
         return len(self._children)
-
-    def running_users(self) -> dict[str, str]:
-        """Endpoint name -> local user name, what the decision core's limits count."""
-        return {name: c.spawned.account.name for name, c in self._children.items()}
-
-    def count_for(self, user: str) -> int:
-        """How many user endpoints the local user ``user`` has running."""
-        return sum(1 for c in self._children.values() if c.spawned.account.name == user)
 
     # ---- exits ---------------------------------------------------------
     def reap(self) -> list[ExitRecord]:
@@ -145,21 +133,29 @@ class ChildTable:
         del self._children[child.name]
         ran = self._clock() - child.started_at
         record = ExitRecord(
-            child.name, child.spawned.pid, child.spawned.account, rc, sig, ran, child.stop_requested
+            child.name,
+            child.spawned.pid,
+            child.spawned.account,
+            rc,
+            sig,
+            ran,
+            child.stop_requested,
+            child.endpoint_id,
         )
         self._exited.append(record)
         return True
 
     # ---- orphans (no cgroups: the manager is their subreaper) ----------
-    def reap_orphans(self, everyone: bool = False) -> list[int]:
+    def reap_orphans(self, everyone: bool = False, spare: Iterable[int] = ()) -> list[int]:
         """Kill and reap processes reparented to us, once their account runs no user endpoint.
 
         Without cgroups a user endpoint's descendants that outlive their parent
         (provider blocks, daemons) are reparented to the manager, a child
         subreaper. Being our unreaped children, their pids cannot be recycled,
-        so root may signal them directly. ``everyone`` (at stop) spares none.
+        so root may signal them directly. ``everyone`` (at stop) spares none of
+        them; ``spare`` are children that are not user endpoints (the manager).
         """
-        known = {c.spawned.pid for c in self._children.values()}
+        known = {c.spawned.pid for c in self._children.values()} | set(spare)
         busy = set() if everyone else {c.spawned.account.uid for c in self._children.values()}
         reaped = []
         for pid, uid, zombie in _adopted(os.getpid(), known):
@@ -182,6 +178,19 @@ class ChildTable:
         if child is None:
             return True
         return not self._stop_group([child], grace_s)
+
+    def terminate_all(self) -> None:
+        """SIGTERM to every user endpoint, without waiting: the caller's loop reaps them."""
+        for child in self._children.values():
+            child.stop_requested = True
+            if not _has_exited(child):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.spawned.pid, signal.SIGTERM)
+
+    def kill_all(self) -> None:
+        """SIGKILL to the process group of every user endpoint still here, as its user."""
+        for child in self._children.values():
+            self._signal(child, signal.SIGKILL)
 
     def stop_all(self, grace_s: float) -> None:
         """Stop every child at once: one grace period in total, not one per child."""
@@ -233,36 +242,6 @@ class ChildTable:
                 spawned.account.uid,
                 e,
             )
-
-    # ---- restart policy ------------------------------------------------
-    def after_exit(self, record: ExitRecord, has_pending_work: bool) -> Decision:
-        """Restart now, after a backoff, or not; remembers the name's history."""
-        return self._decide(
-            record.name,
-            lambda history, now: policy_rules.after_exit(
-                record.name, record.facts(), has_pending_work, history, now, self.policy
-            ),
-        )
-
-    def before_start(self, name: str) -> Decision | None:
-        """None if ``name`` may start; a CIRCUIT_OPEN decision (with messages) if not."""
-        return policy_rules.before_start(
-            name, self._history.get(name, History()), self._clock(), self.policy
-        )
-
-    def after_start_failure(self, name: str) -> Decision:
-        return self._decide(
-            name,
-            lambda history, now: policy_rules.after_start_failure(name, history, now, self.policy),
-        )
-
-    def _decide(self, name: str, rule: Callable[[History, float], Decision]) -> Decision:
-        decision = rule(self._history.get(name, History()), self._clock())
-        if decision.history == History():
-            self._history.pop(name, None)
-        else:
-            self._history[name] = decision.history
-        return decision
 
 
 def _adopted(parent: int, known: set[int]) -> list[tuple[int, int, bool]]:

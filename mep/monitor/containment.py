@@ -178,13 +178,16 @@ class Cell:
 class Containment:
     """The cells of one manager's user endpoints."""
 
-    def __init__(self, layout: Layout, endpoint_id: str, limits: t.Any = None) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        endpoint_id: str,
+        memory_per_user: int | None = None,
+        processes_per_user: int | None = None,
+    ) -> None:
         self.layout = layout
         self.tag = f"compute-agent.{_component(endpoint_id)}"
-        self.limits = {
-            "memory": getattr(limits, "memory_per_user", None),
-            "pids": getattr(limits, "processes_per_user", None),
-        }
+        self.limits = {"memory": memory_per_user, "pids": processes_per_user}
         self.cells: dict[str, Cell] = {}
         self.unified_base: Path | None = None
         self.v1_bases: dict[str, Path] = {}

@@ -53,22 +53,33 @@ from identity.policy import LocalAccount
 
 PR_SET_PDEATHSIG = 1
 SPAWN_TIMEOUT_S = 60.0
+LIFT_FLOOR = 64  # what the monitor holds for a spawn sits here; passed fds go to 3..
+MAX_PASSED = 8
 _FAILED = 127
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
 class SpawnRequest:
+    """Who to become and what to exec; descriptors stay the caller's (it closes them).
+
+    ``pass_fds`` become descriptors 3, 4, 5... of the new process, in order,
+    whatever their numbers here. Output goes to ``output_fd`` if given,
+    otherwise to ``log_dir``/``log_name``, opened as the account.
+    """
+
     account: LocalAccount
     argv: tuple[str, ...]
     env: dict[str, str]
-    stdin_payload: bytes
-    log_dir: str
+    stdin_fd: int
+    log_dir: str = ""
     log_name: str = "endpoint.log"
+    output_fd: int | None = None
+    pass_fds: tuple[int, ...] = ()
+    workdir: str | None = None  # default: the account's home
     use_pam: bool = False
     pam_service: str = "compute-agent"
-    extra_fds: tuple[int, ...] = ()
-    cgroup_fds: tuple[int, ...] = ()  # cgroup.procs files the user endpoint joins, as root
+    cgroup_fds: tuple[int, ...] = ()  # cgroup.procs files the new process joins, as root
 
 
 @dataclass(frozen=True)
@@ -134,27 +145,37 @@ def _spawn_error(req: SpawnRequest, step: str, detail: str) -> SpawnError:
     return SpawnError(step, admin, _user_message(step))
 
 
-def spawn_user_endpoint(req: SpawnRequest) -> Spawned:
+def spawn(req: SpawnRequest) -> Spawned:
     """Fork, drop to ``req.account`` and exec ``req.argv``; raise SpawnError on any failure."""
     problem = _check_request(req)
     if problem:
         raise _spawn_error(req, *problem)
     pam = _pam_session(req)
     parent = os.getpid()
+    lifted: list[int] = []
     try:
-        payload_fd, status_r, status_w = _prepare_fds(req.stdin_payload)
+        status_r, status_w = _high_pipe()
+        lifted += [status_r, status_w]
+        fds = _Lifted(
+            stdin=_lift(req.stdin_fd, lifted),
+            output=None if req.output_fd is None else _lift(req.output_fd, lifted),
+            passed=tuple(_lift(fd, lifted) for fd in req.pass_fds),
+            cgroups=tuple(_lift(fd, lifted) for fd in req.cgroup_fds),
+        )
     except OSError as exc:
+        for fd in lifted:
+            os.close(fd)
         raise _spawn_error(req, "prepare", str(exc)) from None
     try:
         pid = os.fork()
         if pid == 0:
-            _run_child(req, status_w, payload_fd, parent, pam)
+            _run_child(req, status_w, fds, parent, pam)
     except OSError as exc:
-        os.close(status_r)
         raise _spawn_error(req, "fork", str(exc)) from None
     finally:
-        os.close(status_w)
-        os.close(payload_fd)
+        for fd in lifted:
+            if fd != status_r:
+                os.close(fd)
     try:
         records = _read_status(status_r, pid)
     finally:
@@ -162,11 +183,32 @@ def spawn_user_endpoint(req: SpawnRequest) -> Spawned:
     return _outcome(req, pid, records)
 
 
+@dataclass(frozen=True)
+class _Lifted:
+    """The request's descriptors, copied above any number the child places them at."""
+
+    stdin: int
+    output: int | None
+    passed: tuple[int, ...]
+    cgroups: tuple[int, ...]
+
+    def all(self) -> set[int]:
+        output = () if self.output is None else (self.output,)
+        return {self.stdin, *output, *self.passed, *self.cgroups}
+
+
+def _lift(fd: int, owned: list[int]) -> int:
+    """A close-on-exec copy numbered >= LIFT_FLOOR, so placing others at 3.. cannot clobber it."""
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, LIFT_FLOOR)
+    owned.append(high)
+    return high
+
+
 def _pam_session(req: SpawnRequest):
     """Load libpam in the parent (the child must not dlopen); None without PAM."""
     if not req.use_pam:
         return None
-    from mep.pam import PamError, PamSession
+    from mep.monitor.pam import PamError, PamSession
 
     try:
         return PamSession(req.pam_service, req.account.name)
@@ -179,14 +221,16 @@ def _check_request(req: SpawnRequest) -> tuple[str, str] | None:
     acct = req.account
     if not req.argv or not os.path.isabs(req.argv[0]):
         return "request", f"argv[0] must be an absolute path, got {list(req.argv)!r}"
-    if any(fd < 3 for fd in (*req.extra_fds, *req.cgroup_fds)):
-        return "request", f"descriptors must be >= 3, got {req.extra_fds!r} {req.cgroup_fds!r}"
-    if not os.path.isabs(req.log_dir) or "/" in req.log_name or req.log_name in ("", ".", ".."):
+    if len(req.pass_fds) > MAX_PASSED:
+        return "request", f"at most {MAX_PASSED} descriptors may be passed"
+    if req.output_fd is None and (
+        not os.path.isabs(req.log_dir) or "/" in req.log_name or req.log_name in ("", ".", "..")
+    ):
         return "request", f"bad log location {req.log_dir!r} / {req.log_name!r}"
     if any("=" in k or "\0" in k + v for k, v in req.env.items()):
         return "request", "environment has a key with '=' or a NUL character"
     if acct.uid == 0 or acct.gid == 0:
-        return "account", "refusing to run a user endpoint as root (uid or gid 0)"
+        return "account", "refusing to run as root (uid or gid 0)"
     try:
         entry = pwd.getpwnam(acct.name)
     except KeyError:
@@ -196,37 +240,14 @@ def _check_request(req: SpawnRequest) -> tuple[str, str] | None:
     return None
 
 
-def _prepare_fds(payload: bytes) -> tuple[int, int, int]:
-    """The payload memfd and the status pipe; nothing stays open if one fails."""
-    payload_fd = _payload_memfd(payload)
-    try:
-        return (payload_fd, *_high_pipe())
-    except OSError:
-        os.close(payload_fd)
-        raise
-
-
 def _high_pipe() -> tuple[int, int]:
-    """A close-on-exec pipe numbered >= 3, so dup2 onto 0-2 can never clobber it."""
+    """A close-on-exec status pipe numbered above anything the child places."""
     r, w = os.pipe2(os.O_CLOEXEC)
-    high = tuple(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in (r, w))
-    os.close(r)
-    os.close(w)
-    return high
-
-
-def _payload_memfd(payload: bytes) -> int:
-    """The payload in a sealed memory file: any size, no pipe buffer, no writer thread."""
-    fd = os.memfd_create("compute-agent-payload", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    view = memoryview(payload)
-    while view:
-        view = view[os.write(fd, view) :]
-    seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
-    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
-    os.lseek(fd, 0, os.SEEK_SET)
-    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
-    os.close(fd)
-    return high
+    try:
+        return tuple(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, LIFT_FLOOR) for fd in (r, w))
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def _read_status(status_r: int, pid: int) -> list[tuple[str, ...]]:
@@ -275,29 +296,34 @@ def _run_steps(status_w: int, steps: list[tuple[str, Callable[[], object]]]) -> 
             os._exit(_FAILED)
 
 
-def _run_child(req: SpawnRequest, status_w: int, payload_fd: int, parent: int, pam) -> None:
+def _run_child(req: SpawnRequest, status_w: int, fds: _Lifted, parent: int, pam) -> None:
     """The forked child: never returns (it execs, or reports and exits)."""
     try:
-        keep = {status_w, payload_fd, *req.extra_fds, *req.cgroup_fds}
         _run_steps(
             status_w,
             [
                 ("clear environment", os.environ.clear),
-                ("close descriptors", lambda: _close_all_but(keep)),
-                ("keep extra descriptors", lambda: _make_inheritable(req.extra_fds)),
+                ("close descriptors", lambda: _close_all_but({status_w, *fds.all()})),
+                ("place descriptors", lambda: _place(fds.passed)),
             ],
         )
         if pam is not None:
-            _hold_pam_session(req, status_w, payload_fd, parent, pam)
-        _run_steps(status_w, _drop_steps(req, payload_fd, parent, pam))
+            _hold_pam_session(req, status_w, fds, parent, pam)
+        _run_steps(status_w, _drop_steps(req, fds, parent, pam))
     finally:
         os._exit(_FAILED)
 
 
-def _hold_pam_session(req: SpawnRequest, status_w: int, payload_fd: int, parent: int, pam):
+def _place(fds: tuple[int, ...]) -> None:
+    """The passed descriptors become 3, 4, 5... and survive exec; their sources are all higher."""
+    for target, fd in enumerate(fds, start=3):
+        os.dup2(fd, target, inheritable=True)
+
+
+def _hold_pam_session(req: SpawnRequest, status_w: int, fds: _Lifted, parent: int, pam):
     """Stay root holding the PAM session; fork the user endpoint; close it when it exits.
 
-    SIGTERM is blocked first: the manager's inherited Python handler must not
+    SIGTERM is blocked first: the monitor's inherited Python handler must not
     swallow the parent-death signal; it waits for :func:`_wait_forwarding_stop`.
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGCHLD})
@@ -315,10 +341,10 @@ def _hold_pam_session(req: SpawnRequest, status_w: int, payload_fd: int, parent:
     _run_steps(status_w, [("fork", lambda: forked.append(os.fork()))])
     pid = forked[0]
     if pid == 0:
-        _run_steps(status_w, _drop_steps(req, payload_fd, holder, pam))
+        _run_steps(status_w, _drop_steps(req, fds, holder, pam))
         os._exit(_FAILED)
     os.write(status_w, f"pid\0{pid}\0\n".encode())
-    for fd in (status_w, payload_fd, *req.extra_fds, *req.cgroup_fds):
+    for fd in (status_w, *fds.all(), *range(3, 3 + len(fds.passed))):
         os.close(fd)
     status = _wait_forwarding_stop(pid)
     pam.close()
@@ -364,13 +390,13 @@ def _exit_like(status: int) -> None:
     os._exit(code if code >= 0 else 128 - code)
 
 
-def _drop_steps(req: SpawnRequest, payload_fd: int, parent: int, pam) -> list:
-    """The checklist from root to the user endpoint's exec, in order."""
+def _drop_steps(req: SpawnRequest, fds: _Lifted, parent: int, pam) -> list:
+    """The checklist from root to the exec, in order."""
     acct = req.account
-    log_fd: list[int] = []
+    output: list[int] = []
     drop = os.geteuid() == 0 or acct.uid != os.getuid()
     steps: list[tuple[str, Callable[[], object]]] = [
-        ("join cgroup", lambda: _join_cgroups(req.cgroup_fds)),
+        ("join cgroup", lambda: _join_cgroups(fds.cgroups)),
         ("reset signals", _reset_signals),
     ]
     if drop:
@@ -386,11 +412,18 @@ def _drop_steps(req: SpawnRequest, payload_fd: int, parent: int, pam) -> list:
         ("verify drop", lambda: _prove_unprivileged(acct, groups)),
         ("setsid", os.setsid),
         ("umask", lambda: os.umask(0o077)),
-        ("chdir home", lambda: os.chdir(acct.home)),
+        ("chdir home", lambda: os.chdir(req.workdir or acct.home)),
         ("parent death signal", lambda: _die_with_parent(parent)),
-        ("log dir", lambda: _make_private_dirs(req.log_dir)),
-        ("open log", lambda: log_fd.append(_open_log(req.log_dir, req.log_name))),
-        ("stdio", lambda: _install_stdio(payload_fd, log_fd[0])),
+    ]
+    if fds.output is None:
+        steps += [
+            ("log dir", lambda: _make_private_dirs(req.log_dir)),
+            ("open log", lambda: output.append(_open_log(req.log_dir, req.log_name))),
+        ]
+    else:
+        output.append(fds.output)
+    steps += [
+        ("stdio", lambda: _install_stdio(fds.stdin, output[0])),
         ("exec", lambda: os.execve(req.argv[0], list(req.argv), req.env)),
     ]
     return steps
@@ -423,11 +456,6 @@ def _close_all_but(keep: set[int]) -> None:
         os.closerange(low, fd)
         low = fd + 1
     os.closerange(low, top)
-
-
-def _make_inheritable(fds: tuple[int, ...]) -> None:
-    for fd in fds:
-        os.set_inheritable(fd, True)
 
 
 def _prove_unprivileged(acct: LocalAccount, groups_rule: str) -> None:
@@ -496,12 +524,11 @@ def _open_log(log_dir: str, log_name: str) -> int:
     return fd
 
 
-def _install_stdio(payload_fd: int, log_fd: int) -> None:
-    os.dup2(payload_fd, 0)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    os.close(payload_fd)
-    os.close(log_fd)
+def _install_stdio(stdin_fd: int, output_fd: int) -> None:
+    """Lifted copies are close-on-exec: exec closes them."""
+    os.dup2(stdin_fd, 0)
+    os.dup2(output_fd, 1)
+    os.dup2(output_fd, 2)
 
 
 def signal_as_user(account: LocalAccount, pgid: int, sig: int) -> None:

@@ -1,0 +1,140 @@
+"""``python -I -m mep.manager_process NAME DIR``: the manager, as its monitor execs it.
+
+It runs as the manager's unprivileged account, with the socket to its monitor
+on descriptor 3 and the endpoint's log on descriptor 4. It reads ``config.yaml``
+and the identity mapping through the monitor, registers with the service, tells
+the monitor its endpoint id, and serves start commands until told to stop. A
+failure before that exits with the sysexits code ``start`` has always used
+(65, 69, 70, 75, 77, 78), which the monitor passes on as its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+
+from mep import registration as r
+from mep.manager import Manager
+from mep.monitor_link import MonitorGone, MonitorLink, MonitorRefused
+from mep.runtime import Runtime, RuntimeConfigError, known_endpoint_id
+from templates.errors import ConfigError
+from templates.manager_config import ManagerConfig, manager_config_from_text
+from wire.amqp import install_redaction
+
+MONITOR_FD, LOG_FD = 3, 4
+EX_CONFIG, EX_SOFTWARE = 78, 70
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+log = logging.getLogger("mep")
+
+
+def _setup_logging(console: bool, debug: bool) -> None:
+    handlers: list[logging.Handler] = [
+        logging.StreamHandler(os.fdopen(LOG_FD, "a", buffering=1, closefd=True))
+    ]
+    if console:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format=LOG_FORMAT,
+        handlers=handlers,
+        force=True,
+    )
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    install_redaction()
+
+
+def load_config(link: MonitorLink, endpoint_dir: Path) -> ManagerConfig:
+    source = endpoint_dir / "config.yaml"
+    try:
+        text = link.read_text("config") or ""
+    except MonitorRefused as e:
+        raise ConfigError(f"cannot read the manager config: {e}", source=str(source)) from None
+    config = manager_config_from_text(text, endpoint_dir, str(source), check_files=False)
+    return dataclasses.replace(config, source=source)
+
+
+def register(
+    name: str, config: ManagerConfig, runtime: Runtime, link: MonitorLink
+) -> r.Registration:
+    """Register with the service (POST, or PUT with the id ``endpoint.json`` keeps)."""
+    creds = r.client_credentials(os.environ)
+    service_url, auth_url = r.resolve_urls(config.service_url, config.auth_url, os.environ)
+    if not runtime.multi_user:
+        runtime.owner_identities = r.owner_identities(auth_url, *creds)
+    schema_text = link.read_text("schema")
+    body = r.registration_body(
+        name,
+        config,
+        multi_user=runtime.multi_user,
+        config_text=link.read_text("config") or "",
+        template_text=link.read_text("template"),
+        schema=_schema(schema_text),
+    )
+    client = r.compute_client(service_url, auth_url, *creds)
+    registration = r.register(client, body, known_endpoint_id(link))
+    runtime.bind_endpoint(str(registration.endpoint_id))
+    return registration
+
+
+def _schema(text: str | None) -> dict | None:
+    from templates.files import parse_schema
+
+    if not text:
+        return None
+    try:
+        schema = parse_schema(text, "user_config_schema.json")
+    except ConfigError:
+        return None
+    return schema if isinstance(schema, dict) else None
+
+
+def _fail(code: int, message: str, console: bool) -> int:
+    log.error("%s", message)
+    if not console:  # in the foreground the log handler already printed it
+        print(f"Error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mep.manager_process")
+    parser.add_argument("name")
+    parser.add_argument("endpoint_dir")
+    parser.add_argument("--multi-user", action="store_true")
+    parser.add_argument("--console", action="store_true")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    _setup_logging(args.console, args.debug)
+    link = MonitorLink.from_fd(MONITOR_FD)
+    endpoint_dir = Path(args.endpoint_dir)
+    try:
+        config = load_config(link, endpoint_dir)
+        if config.debug:
+            logging.getLogger().setLevel(logging.DEBUG)
+        runtime = Runtime.load(args.name, endpoint_dir, config, link, args.multi_user)
+        registration = register(args.name, config, runtime, link)
+        link.registered(str(registration.endpoint_id), config.heartbeat_period)
+    except ConfigError as e:
+        return _fail(EX_CONFIG, str(e), args.console)
+    except (RuntimeConfigError, r.RegistrationError) as e:
+        return _fail(e.exit_code, str(e), args.console)
+    except MonitorGone as e:
+        return _fail(EX_SOFTWARE, f"the monitor is gone: {e}", args.console)
+    log.info(
+        "manager %s runs as %s (pid %d)",
+        registration.endpoint_id,
+        os.environ.get("USER", "?"),
+        os.getpid(),
+    )
+    try:
+        return Manager(runtime, registration, link).run()
+    except Exception:
+        log.exception("the manager failed")
+        return EX_SOFTWARE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
