@@ -295,7 +295,8 @@ class Monitor:
     def _start_manager(self) -> None:
         mine, theirs = channel.socketpair()
         mine.setblocking(False)
-        argv = [sys.executable, "-I", "-m", MANAGER_MODULE, self.s.name, self.s.endpoint_dir]
+        program = [self.s.manager_program] if self.s.manager_program else ["-m", MANAGER_MODULE]
+        argv = [sys.executable, "-I", *program, self.s.name, self.s.endpoint_dir]
         argv += ["--multi-user"] if self.privileged else []
         argv += ["--console"] if self.s.console else []
         argv += ["--debug"] if self.s.debug else []

@@ -38,6 +38,9 @@ class MonitorSettings:
     detached: bool = False  # stdout is the starting command's pipe: say the outcome there
     debug: bool = False
     stop_grace_s: float = 25.0
+    # A Python file the manager runs instead of mep.manager_process (a wrapper
+    # for tracing or profiling; the protocol tests' stand-in manager).
+    manager_program: str | None = None
 
     def to_json(self) -> str:
         document = dataclasses.asdict(self)
@@ -60,6 +63,9 @@ class MonitorSettings:
             k in FILES and isinstance(v, str) and v.startswith("/") for k, v in files.items()
         ):
             raise SettingsError("files: expected absolute paths for the readable files")
+        program = document.get("manager_program")
+        if program is not None and not (isinstance(program, str) and program.startswith("/")):
+            raise SettingsError("manager_program: expected an absolute path")
         try:
             settings = cls(policy=_policy(policy), **document)
         except TypeError as e:
