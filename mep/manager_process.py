@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -47,13 +48,17 @@ def _setup_logging(console: bool, debug: bool) -> None:
     install_redaction()
 
 
-def load_config(link: MonitorLink, endpoint_dir: Path) -> ManagerConfig:
+def load_config(link: MonitorLink, endpoint_dir: Path, files: dict[str, str]) -> ManagerConfig:
+    """``config.yaml`` as ``start`` read it: ``files`` are the paths it found there."""
     source = endpoint_dir / "config.yaml"
     try:
         text = link.read_text("config") or ""
     except MonitorRefused as e:
         raise ConfigError(f"cannot read the manager config: {e}", source=str(source)) from None
-    config = manager_config_from_text(text, endpoint_dir, str(source), check_files=False)
+    present = set(files.values())
+    config = manager_config_from_text(
+        text, endpoint_dir, str(source), exists=lambda p: str(p.absolute()) in present
+    )
     return dataclasses.replace(config, source=source)
 
 
@@ -106,12 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--multi-user", action="store_true")
     parser.add_argument("--console", action="store_true")
     parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--files", type=json.loads, default={}, help="name -> path, from start")
     args = parser.parse_args(argv)
     _setup_logging(args.console, args.debug)
     link = MonitorLink.from_fd(MONITOR_FD)
     endpoint_dir = Path(args.endpoint_dir)
     try:
-        config = load_config(link, endpoint_dir)
+        config = load_config(link, endpoint_dir, args.files)
         if config.debug:
             logging.getLogger().setLevel(logging.DEBUG)
         runtime = Runtime.load(args.name, endpoint_dir, config, link, args.multi_user)

@@ -11,10 +11,10 @@ never raised: the manager keeps serving everyone else.
 from __future__ import annotations
 
 import logging
-import typing as t
 import uuid
 
 import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
 
 from wire.amqp import publish_kwargs, redact
 from wire.messages import EPStatusReport, pack
@@ -34,7 +34,7 @@ def notice_body(endpoint_id: uuid.UUID, message: str) -> bytes:
 
 
 def send_failure_notice(
-    channel: t.Any, route: WriteQueueInfo, endpoint_id: uuid.UUID, message: str
+    channel: BlockingChannel | None, route: WriteQueueInfo, endpoint_id: uuid.UUID, message: str
 ) -> bool:
     """Publish the error report on ``channel``; True once the broker confirmed it."""
     if channel is None or not channel.is_open:

@@ -11,8 +11,8 @@ could not be asked.
 from __future__ import annotations
 
 import logging
-import typing as t
 
+import pika
 import pika.exceptions
 
 from wire.amqp import redact
@@ -20,7 +20,7 @@ from wire.amqp import redact
 log = logging.getLogger(__name__)
 
 
-def waiting_tasks(connection: t.Any, queue: str) -> int | None:
+def waiting_tasks(connection: pika.BlockingConnection | None, queue: str) -> int | None:
     """How many tasks wait in ``queue``, or None if the broker cannot tell us."""
     if connection is None or not connection.is_open:
         return None

@@ -115,16 +115,16 @@ def _read_json(source: str, what: str) -> t.Any:
         _fail(f"the {what} nest too deeply to read (keep them to a few levels)")
 
 
-def _mapped_identity(user: str | None) -> dict:
+def _mapped_identity(user: str | None, globus_id: str) -> dict:
     """What a start would give the template for local account ``user`` (default: you)."""
     from identity.policy import local_account, mapped_identity, own_account, passwd_lookup
 
     if user is None:
-        return mapped_identity(own_account(), NULL_IDENTITY)
+        return mapped_identity(own_account(), globus_id)
     entry = passwd_lookup(user)
     if entry is None:
         _fail(f"no local user named {user!r}")
-    return mapped_identity(local_account(entry), NULL_IDENTITY)
+    return mapped_identity(local_account(entry), globus_id)
 
 
 def _this_runtime() -> dict:
@@ -185,6 +185,10 @@ def render_user_config(
     config_dir: Annotated[
         Path | None, typer.Option(help="Base directory for endpoints (see configure).")
     ] = None,
+    globus_id: Annotated[
+        str,
+        typer.Option(help="The submitter's Globus identity id (_GC.mapped_identity.globus.id)."),
+    ] = NULL_IDENTITY,
 ) -> None:
     """Render a user endpoint config as a submitter's options would, and check it.
 
@@ -221,7 +225,7 @@ def render_user_config(
         schema=schema_data,
         options=_read_json(options, "user options"),
         user_runtime=_read_json(user_runtime, "user runtime") if user_runtime else _this_runtime(),
-        mapped_identity=_mapped_identity(user),
+        mapped_identity=_mapped_identity(user, globus_id),
         parent_config=manager.template_view(),
         include_dir=str(template.parent.absolute()),
     )

@@ -158,11 +158,11 @@ def _account_names(value: t.Any, where: f.Where) -> tuple[str, ...]:
     return _name_list(value, where)
 
 
-def _readers(base: Path, check_files: bool) -> dict[str, f.Reader]:
+def _readers(base: Path, exists: t.Callable[[Path], bool]) -> dict[str, f.Reader]:
     def path(must_exist: bool) -> f.Reader:
         def read(value: t.Any, where: f.Where) -> Path:
             resolved = base / Path(f.string(value, where)).expanduser()
-            if must_exist and check_files and not resolved.exists():
+            if must_exist and not exists(resolved):
                 where.fail(f"file {resolved} does not exist")
             return resolved
 
@@ -217,17 +217,13 @@ def _readers(base: Path, check_files: bool) -> dict[str, f.Reader]:
     }
 
 
-def _default_paths(endpoint_dir: Path, given: dict[str, t.Any], check: bool) -> dict[str, t.Any]:
-    """The files an endpoint directory holds by convention, when the config names none.
-
-    Without ``check`` (the unprivileged manager, which cannot look into the
-    directory) the conventional names are taken as they are.
-    """
+def _default_paths(
+    endpoint_dir: Path, given: dict[str, t.Any], exists: t.Callable[[Path], bool]
+) -> dict[str, t.Any]:
+    """The files an endpoint directory holds by convention, when the config names none."""
 
     def first_existing(*names: str) -> Path | None:
-        if not check:
-            return endpoint_dir / names[0]
-        return next((endpoint_dir / n for n in names if (endpoint_dir / n).exists()), None)
+        return next((endpoint_dir / n for n in names if exists(endpoint_dir / n)), None)
 
     defaults = {
         "user_config_template_path": first_existing(TEMPLATE_NAME, LEGACY_TEMPLATE_NAME)
@@ -239,13 +235,16 @@ def _default_paths(endpoint_dir: Path, given: dict[str, t.Any], check: bool) -> 
 
 
 def manager_config_from_text(
-    text: str, endpoint_dir: Path, source: str | None = None, check_files: bool = True
+    text: str,
+    endpoint_dir: Path,
+    source: str | None = None,
+    exists: t.Callable[[Path], bool] = Path.exists,
 ) -> ManagerConfig:
     """Parse ``config.yaml`` text; ``endpoint_dir`` anchors relative and default paths.
 
-    ``check_files=False`` skips checking that the files named exist: the manager
-    runs unprivileged and reads them through its monitor, which ``start`` told
-    where they are after checking them itself.
+    ``exists`` tells which files are there: the unprivileged manager cannot look
+    into the endpoint directory and asks the list ``start`` made (as root) with
+    this same function, so both resolve every path alike.
     """
     data = load_located(text, source)
     if data is None:
@@ -257,8 +256,8 @@ def manager_config_from_text(
         f.Where("engine", source, data.line_of("engine")).fail(
             f"an engine block belongs in {TEMPLATE_NAME}, not in the manager config; move it there"
         )
-    values = f.read_section(data, _readers(endpoint_dir, check_files), where)
-    values.update(_default_paths(endpoint_dir, values, check_files))
+    values = f.read_section(data, _readers(endpoint_dir, exists), where)
+    values.update(_default_paths(endpoint_dir, values, exists))
     if values.get("high_assurance") and values.get("audit_log_path") is None:
         log.info("%s: high_assurance is set without audit_log_path; no audit log", source)
     restart = values.get("restart", RestartPolicy())

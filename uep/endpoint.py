@@ -33,7 +33,7 @@ from uep.engines import Engine
 from uep.execution import error_result
 from uep.idle import IdleState, idle_tick
 from uep.intake import Verdict, judge
-from uep.session import SHUTTING_DOWN, Session
+from uep.session import SHUTTING_DOWN, Session, Settings
 from uep.store import Store
 from wire.queue_info import AmqpCreds
 
@@ -51,16 +51,6 @@ def reconnect_delay(failures: int) -> float:
     if failures == 0:
         return 0.5
     return min(MAX_RECONNECT_DELAY_S, 0.5 * 2 ** min(failures, 16)) * random.uniform(0.8, 1.2)
-
-
-class Settings(t.NamedTuple):
-    heartbeat_period: float
-    idle_soft: int
-    idle_hard: int
-    amqp_port: int | None
-    allowed_functions: frozenset[str] | None
-    stop_grace_s: float
-    rerun_unfinished: bool
 
 
 class UserEndpoint:

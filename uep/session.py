@@ -26,7 +26,9 @@ from wire.amqp import connection_parameters, publish_kwargs, redact
 from wire.messages import EPStatusReport, Result, pack, unpack_as
 
 if t.TYPE_CHECKING:
-    from uep.endpoint import UserEndpoint
+    from uep.engines.base import Engine
+    from uep.store import Store
+    from wire.queue_info import AmqpCreds
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,50 @@ REFUSALS = (
 SHUTTING_DOWN = "endpoint stopped before the task finished; task state unknown"
 
 
+class Settings(t.NamedTuple):
+    heartbeat_period: float
+    idle_soft: int
+    idle_hard: int
+    amqp_port: int | None
+    allowed_functions: frozenset[str] | None
+    stop_grace_s: float
+    rerun_unfinished: bool
+
+
+class Owner(t.Protocol):
+    """What a session needs of the user endpoint that runs it (:class:`uep.endpoint.UserEndpoint`)."""
+
+    endpoint_id: str
+    prefetch: int
+    settings: Settings
+    store: Store
+    engine: Engine
+    forwarded: int
+    stop_reason: str | None
+    credentials: t.Callable[[], AmqpCreds]
+
+    @property
+    def results_unstored(self) -> bool: ...
+
+    def take_results(self) -> list[tuple[str, bytes]]: ...
+
+    def idle_check(self) -> str | None: ...
+
+    def request_stop(self, reason: str) -> None: ...
+
+    def note_stop(self, reason: str) -> None: ...
+
+    def heartbeat_state(self, active: bool) -> dict: ...
+
+    def parent_gone(self) -> bool: ...
+
+    def answer_unfinished(self, why: str) -> None: ...
+
+
 class Session:
     """One AMQP connection: a consuming channel and a confirming publish channel."""
 
-    def __init__(self, endpoint: UserEndpoint) -> None:
+    def __init__(self, endpoint: Owner) -> None:
         self.ep = endpoint
         self.opened = False
         self.stopping = False

@@ -300,6 +300,7 @@ class Monitor:
         argv += ["--multi-user"] if self.privileged else []
         argv += ["--console"] if self.s.console else []
         argv += ["--debug"] if self.s.debug else []
+        argv += ["--files", json.dumps(self.s.files)]
         stdin = channel.sealed_memfd(b"")
         request = SpawnRequest(
             account=self.manager_account,

@@ -80,6 +80,7 @@ class Manager:
     users: tuple
     cli: tuple[str, ...] = (sys.executable, "-m", "mep.cli")
     start: t.Callable[[], None] = lambda: None
+    env: dict = dataclasses.field(default_factory=dict)  # the manager's: its owner's client
 
     def log(self) -> str:
         return (self.dir / "endpoint.log").read_text(errors="replace")
@@ -138,7 +139,7 @@ def running_manager(
     (directory / "user_config_schema.json").write_text(json.dumps(schema))
     out = open(root / "manager.out", "a")  # noqa: SIM115 - closed below
     env = dict(client_env(service, admin), CA_ROOT_ONLY_MARKER="root-secret")
-    mgr = Manager("", directory, root, None, service, clients, (), cli)
+    mgr = Manager("", directory, root, None, service, clients, (), cli, env=env)
     mgr.users = tuple(pwd.getpwnam(a) for a in routes.values())
     mgr.start = lambda: _start_manager(mgr, env, out)
     try:

@@ -6,8 +6,8 @@ on a thread or process pool starts without it.
 
 from __future__ import annotations
 
-import typing as t
-
+from templates.components import ComponentSpec
+from templates.user_config import EngineSpec
 from uep.engines.base import Engine, ResourceSpecError
 
 ENGINE_TYPES = ("ThreadPoolEngine", "ProcessPoolEngine", "GlobusComputeEngine", "GlobusMPIEngine")
@@ -25,17 +25,17 @@ def _engine_class(name: str) -> type[Engine]:
     raise ValueError(f"unknown engine type {name!r}; choose one of {', '.join(ENGINE_TYPES)}")
 
 
-def _built(component: t.Any) -> t.Any:
-    """A provider/address spec made real; plain values pass through."""
-    return component.build() if hasattr(component, "build") else component
+def _built(component: ComponentSpec | str) -> object:
+    """A provider/address spec made real (a Parsl object); a plain address passes through."""
+    return component.build() if isinstance(component, ComponentSpec) else component
 
 
-def build_engine(spec: t.Any) -> Engine:
+def build_engine(spec: EngineSpec) -> Engine:
     """An engine from ``EngineSpec(type, options, provider, address)``."""
     options = dict(spec.options)
-    if getattr(spec, "provider", None) is not None:
+    if spec.provider is not None:
         options["provider"] = _built(spec.provider)
-    if getattr(spec, "address", None) is not None:
+    if spec.address is not None:
         options["address"] = _built(spec.address)
     kind = _engine_class(spec.type)
     try:
