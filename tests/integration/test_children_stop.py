@@ -59,7 +59,9 @@ def test_stop_ends_a_cooperative_child_with_sigterm(table, local_account, probe_
     spawned, log = start(table, "ep", local_account, probe_dir)
     wait_for_log(log, "ready")
     assert table.stop("ep", grace_s=10.0)
-    assert not [r for r in caplog.records if r.name == "mep.monitor.children"], "no signal went astray"
+    assert not [r for r in caplog.records if r.name == "mep.monitor.children"], (
+        "no signal went astray"
+    )
     assert "ep" not in table and not alive(spawned.pid)
     [record] = table.reap()
     assert (record.name, record.pid, record.signal) == ("ep", spawned.pid, signal.SIGTERM)

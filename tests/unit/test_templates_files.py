@@ -40,5 +40,3 @@ def test_read_text_refuses_oversized_and_binary_files(tmp_path):
     binary.write_bytes(b"\xff\xfe")
     with pytest.raises(ConfigError, match="cannot read the template"):
         files.read_text(binary, "template")
-
-
