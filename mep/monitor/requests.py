@@ -94,7 +94,7 @@ def _uuid(value: t.Any) -> bool:
     if not isinstance(value, str) or len(value) != 36:
         return False
     try:
-        return str(uuid.UUID(value)) == value.lower()
+        return str(uuid.UUID(value)) == value  # the canonical form only
     except ValueError:
         return False
 
