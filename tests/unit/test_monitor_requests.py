@@ -126,7 +126,7 @@ NEAR = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=2000, deadline=None)
 @given(
     message=st.dictionaries(st.text(max_size=12), JSON, max_size=6) | NEAR,
     fds=st.integers(0, 8),
