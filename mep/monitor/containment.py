@@ -3,24 +3,24 @@
 Provider blocks start in sessions of their own, worker pools daemonize,
 researchers double-fork: process groups and parent links do not hold a user
 endpoint's processes together, a cgroup does. In the cgroup v2 ("unified")
-hierarchy the manager keeps
+hierarchy the monitor keeps
 
-    <its own cgroup>/compute-agent.<endpoint id>/<local account>/<user endpoint>
+    <its own cgroup>/compute-agent.<endpoint key>/<local account>/<user endpoint>
 
 Each user endpoint joins its *cell* right after fork, while still root and
-before it can start anything; when it exits, is killed, or the manager stops,
+before it can start anything; when it exits, is killed, or the monitor stops,
 ``cgroup.kill`` takes every process of the cell at once (no pid is read and then
 signalled, so nothing recycled can be hit). Per-account limits (memory,
 processes) sit on the ``<local account>`` level, in v2 when its controllers are
 available there, otherwise in the cgroup v1 ``memory`` and ``pids``
 hierarchies, laid out the same way.
 
-If the manager dies (kill -9 included), its *warden*, a child that only waits
+If the monitor dies (kill -9 included), its *warden*, a child that only waits
 for the parent-death signal, gives the user endpoints a moment to stop on their
-own and then kills every cell. Without cgroup v2 the manager becomes a child
-subreaper instead (see :mod:`mep.children`): a user endpoint's orphans are
-reparented to the manager, which kills them once that account runs no user
-endpoint; a manager killed with SIGKILL leaves them to init there.
+own and then kills every cell. Without cgroup v2 the monitor becomes a child
+subreaper instead (see :mod:`mep.monitor.children`): a user endpoint's orphans are
+reparented to the monitor, which kills them once that account runs no user
+endpoint; a monitor killed with SIGKILL leaves them to init there.
 
 Parsing /proc is pure (:func:`read_layout`); everything else writes cgroupfs.
 """
@@ -181,12 +181,12 @@ class Containment:
     def __init__(
         self,
         layout: Layout,
-        endpoint_id: str,
+        endpoint_key: str,
         memory_per_user: int | None = None,
         processes_per_user: int | None = None,
     ) -> None:
         self.layout = layout
-        self.tag = f"compute-agent.{_component(endpoint_id)}"
+        self.tag = f"compute-agent.{_component(endpoint_key)}"
         self.limits = {"memory": memory_per_user, "pids": processes_per_user}
         self.cells: dict[str, Cell] = {}
         self.unified_base: Path | None = None
@@ -216,7 +216,7 @@ class Containment:
             except OSError as e:
                 log.warning(
                     "no cgroup v2 containment (%s); orphans of user endpoints are killed"
-                    " through the manager as their subreaper instead",
+                    " through the monitor as their subreaper instead",
                     e,
                 )
         for controller in sorted(self._wanted - self._in_unified):
@@ -288,11 +288,11 @@ class Containment:
 
     # ---- the warden ----------------------------------------------------
     def start_warden(self) -> None:
-        """Fork the process that kills every cell if the manager dies.
+        """Fork the process that kills every cell if the monitor dies.
 
         Not an identity change: it stays root and execs nothing. It closes every
-        inherited descriptor, so the manager's broker connection dies with the
-        manager, and runs only ``os`` calls and pure Python.
+        inherited descriptor (no socket or pipe of the monitor's outlives the
+        monitor in it) and runs only ``os`` calls and pure Python.
         """
         if not self.contained:
             return
@@ -315,7 +315,7 @@ def _unified_base(own: Path, tag: str, controllers: set[str]) -> Path:
     is_root = not (own / "cgroup.type").exists()
     if controllers and not is_root and (own / "cgroup.procs").read_text().split():
         # The "no internal processes" rule: controllers reach the children only of
-        # a cgroup that holds no process itself, so the manager steps into a leaf.
+        # a cgroup that holds no process itself, so the monitor steps into a leaf.
         leaf = own / "manager"
         leaf.mkdir(exist_ok=True)
         _write(leaf / "cgroup.procs", "0")
@@ -344,13 +344,17 @@ def _warden(parent: int, bases: list[str]) -> t.NoReturn:
         for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_IGN)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        null = os.open(os.devnull, os.O_RDWR)  # hold no one's pipe (start waits on stdout)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.close(null)
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        title = sys.modules.get("setproctitle")  # loaded by the manager; nothing is imported here
+        title = sys.modules.get("setproctitle")  # loaded by the monitor; nothing is imported here
         if title is not None:
             title.setproctitle(f"{WARDEN_TITLE} {bases[0]}")
         if os.getppid() == parent:
             signal.sigwait({signal.SIGTERM})
-        if os.getppid() != parent:  # the manager died: its user endpoints got SIGTERM too
+        if os.getppid() != parent:  # the monitor died: its user endpoints got SIGTERM too
             deadline = time.monotonic() + WARDEN_GRACE_S
             while time.monotonic() < deadline and _any_populated(bases[0]):
                 time.sleep(0.1)

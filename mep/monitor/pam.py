@@ -3,7 +3,7 @@
 The manager never authenticates anyone (Globus did that); PAM is there so the
 site's account policy (expiry, access lists) and session modules (limits,
 systemd, accounting) apply to user endpoints as to any login. Only
-:mod:`mep.privilege` drives it. Load it in the parent: the forked child must
+:mod:`mep.monitor.spawn` drives it. Load it in the parent: the forked child must
 not dlopen libraries itself.
 """
 

@@ -34,6 +34,7 @@ import collections
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -199,6 +200,7 @@ class Monitor:
         _title(f"compute-agent monitor ({self.s.name}, {self.s.endpoint_dir})")
         if self.s.audit_log_path:
             self.audit = AuditLog(Path(self.s.audit_log_path))
+        self._contain()
         self._start_manager()
         code = None
         try:
@@ -442,14 +444,17 @@ class Monitor:
         _write_json(Path(self.s.endpoint_dir) / ENDPOINT_FILE, {"endpoint_id": self.endpoint_id})
         if first:
             _say_and_close_stdout(f"{self.endpoint_id}\n")
-            self._contain()
             if self.audit:
                 self.audit.write(session_line(os.getuid(), os.getpid(), self.endpoint_id, True))
         self._write_status(False)
 
     def _contain(self) -> None:
+        """Cgroups before anything is forked: the monitor may have to move into a leaf first."""
         self.containment = Containment(
-            current_layout(), self.endpoint_id, self.s.memory_per_user, self.s.processes_per_user
+            current_layout(),
+            endpoint_key(self.s.name, self.s.endpoint_dir),
+            self.s.memory_per_user,
+            self.s.processes_per_user,
         )
         self.containment.prepare()
         self.containment.start_warden()
@@ -475,6 +480,8 @@ class Monitor:
     # ---- spawning a user endpoint ---------------------------------------
     def _spawn(self, request: Spawn, fds: list[int]) -> dict:
         _check_spawn_fds(fds)
+        if self.ending is not None:
+            return _refusal("request", "the endpoint is stopping", "the endpoint is stopping")
         if request.name in self.children:
             return _refusal("request", f"user endpoint {request.name} is already running")
         account = self._allowed(request.user)
@@ -515,8 +522,7 @@ class Monitor:
         self, request: Spawn, account: LocalAccount, executable: str, fds: list[int]
     ) -> dict:
         payload, credentials, note = fds
-        if self.containment is None:
-            raise Violation("spawn before the endpoint was contained")
+        assert self.containment is not None  # made before the manager started
         try:
             join = self.containment.cell(account.name, request.name).join_fds()
         except ContainmentError as e:
@@ -656,6 +662,12 @@ def _write_json(path: Path, document: dict) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(document, f)
     os.replace(tmp, path)
+
+
+def endpoint_key(name: str, endpoint_dir: str) -> str:
+    """Names this endpoint's cgroups: the same across restarts, distinct for two directories."""
+    digest = hashlib.sha256(os.path.abspath(endpoint_dir).encode()).hexdigest()[:12]
+    return f"{name}.{digest}"
 
 
 def _say_and_close_stdout(line: str) -> None:
