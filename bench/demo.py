@@ -179,7 +179,9 @@ def main() -> None:
                 )
                 configure(root, service, admin, account)
                 with manager(root, service, admin) as endpoint_id:
-                    say(f"endpoint running (a root monitor, the manager as compute-agent), id {endpoint_id}")
+                    say(
+                        f"endpoint running (a root monitor, the manager as compute-agent), id {endpoint_id}"
+                    )
                     code = root / "researcher.py"
                     code.write_text(RESEARCHER_CODE)
                     sdk_env = env_for(
