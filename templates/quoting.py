@@ -14,10 +14,13 @@ engine ever sees a set, bytes, NaN, a 10**5000 integer or a 100 000-deep list.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import math
 import re
 import typing as t
+from collections.abc import Iterator
 
 MAX_DEPTH = 32
 MAX_SIZE = 1 << 20  # characters of text, plus one per value
@@ -99,6 +102,19 @@ def quote(text: str) -> str:
     return '"' + "".join(parts) + '"'
 
 
+_MINTED: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("minted", default=None)
+
+
+@contextlib.contextmanager
+def minting() -> Iterator[set[str]]:
+    """Collect the quoted text of every :class:`QuotedStr` made meanwhile (one render's)."""
+    token = _MINTED.set(set())
+    try:
+        yield t.cast(set, _MINTED.get())
+    finally:
+        _MINTED.reset(token)
+
+
 class QuotedStr(str):
     """A user string in its quoted form; the sandbox cannot reach ``_raw``."""
 
@@ -107,6 +123,9 @@ class QuotedStr(str):
     def __new__(cls, raw: str) -> QuotedStr:
         made = super().__new__(cls, quote(raw))
         made._raw = raw
+        minted = _MINTED.get()
+        if minted is not None:
+            minted.add(str.__str__(made))
         return made
 
     def __repr__(self) -> str:

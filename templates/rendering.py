@@ -29,11 +29,12 @@ import typing as t
 
 import jinja2
 import jsonschema
+import yaml
 from jinja2.exceptions import SecurityError
 from jinja2.loaders import split_template_path
 from jinja2.sandbox import SandboxedEnvironment
 
-from templates import quoting
+from templates import quoting, structure
 from templates.errors import ConfigError
 from templates.user_config import (
     UserEndpointConfig,
@@ -122,11 +123,21 @@ def _loader(include_dir: str | None) -> jinja2.BaseLoader | None:
     return None
 
 
-def sandbox(include_dir: str | None = None) -> SandboxedEnvironment:
-    """The Jinja environment templates render in (files in ``include_dir`` serve includes)."""
-    loader = _loader(include_dir)
+def sandbox(include_dir: str | None = None, minted: set[str] | None = None) -> SandboxedEnvironment:
+    """The Jinja environment templates render in (files in ``include_dir`` serve includes).
+
+    With ``minted`` (the quoted submitter strings of this render), every output
+    marks where they land, for :func:`templates.structure.find_breakout`.
+    """
+
+    def finalize(value: t.Any) -> t.Any:
+        return structure.mark(str(quoting.finalize(value)), minted or ())
+
     env = _Sandbox(
-        undefined=jinja2.StrictUndefined, loader=loader, autoescape=False, finalize=quoting.finalize
+        undefined=jinja2.StrictUndefined,
+        loader=_loader(include_dir),
+        autoescape=False,
+        finalize=quoting.finalize if minted is None else finalize,
     )
     env.filters["shell_escape"] = shell_escape
     env.policies["json.dumps_function"] = lambda obj, **kw: json.dumps(quoting.unquote(obj), **kw)
@@ -251,12 +262,73 @@ def render_user_config(
     refused = _schema_step(schema, user_opts)
     if refused:
         return refused
-    context = _context(user_opts, user_runtime, mapped_identity, parent_config, env)
+    text = render_text(
+        template_text,
+        user_opts,
+        user_runtime=user_runtime,
+        mapped_identity=mapped_identity,
+        parent_config=parent_config,
+        env=env,
+        include_dir=include_dir,
+    )
+    if isinstance(text, RenderError):
+        return text
+    return _load(text, bool(parent_config.get("high_assurance")))
+
+
+def render_text(
+    template_text: str,
+    user_opts: dict,
+    *,
+    user_runtime: dict,
+    mapped_identity: dict,
+    parent_config: dict,
+    env: t.Mapping[str, str] | None = None,
+    include_dir: str | None = None,
+) -> str | RenderError:
+    """The rendered YAML text, once no submitted value changes its structure; not yet loaded."""
+    if structure.OPEN in template_text or structure.CLOSE in template_text:
+        return RenderError(
+            f"the endpoint's config template is broken; {_ASK_ADMIN}",
+            "the template holds the private-use characters U+E000/U+E001, which rendering uses",
+            "template",
+        )
     try:
-        text = _render(sandbox(include_dir), template_text, context)
+        with quoting.minting() as minted:
+            context = _context(user_opts, user_runtime, mapped_identity, parent_config, env)
+            marked = _render(sandbox(include_dir, minted), template_text, context)
     except Exception as exc:
         return _template_error(exc)
-    return _load(text, bool(parent_config.get("high_assurance")))
+    text, spans = structure.locate(marked)
+    return _structure_error(text, spans, user_opts, template_text) or text
+
+
+def _structure_error(text: str, spans: list, user_opts: dict, template: str) -> RenderError | None:
+    """A submitted value that would change the config's structure, told twice.
+
+    Invalid YAML is left to :func:`_load`, which says so.
+    """
+    try:
+        breakout = structure.find_breakout(text, spans)
+    except yaml.YAMLError:
+        return None
+    if breakout is None:
+        return None
+    names = [
+        k for k, v in user_opts.items() if isinstance(v, str) and quoting.quote(v) in breakout.value
+    ]
+    named = f"the value of '{names[0]}'" if names else "a submitted value"
+    lines = breakout.template_lines(template)
+    where = f"template line {', '.join(map(str, lines))}" if lines else "the template"
+    return RenderError(
+        f"{named} cannot be used by this endpoint's template: it would change the structure"
+        f" of the configuration; {_ASK_ADMIN}",
+        f"{named} ({_short(breakout.value, 120)}) changes the structure of the rendered config at"
+        f" line {breakout.line}: {_short(breakout.text.strip(), 200)!r}. {where} writes the"
+        " value beside literal text where YAML reads commas, colons, braces, quotes or '#':"
+        " write it as a whole value (key: {{ value }}), or in a block scalar",
+        "structure",
+    )
 
 
 def _load(text: str, high_assurance: bool) -> Rendered | RenderError:

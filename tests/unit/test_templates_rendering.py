@@ -126,8 +126,13 @@ def test_template_syntax_error_is_reported_to_the_admin_with_the_line():
 
 
 def test_yaml_step_reports_invalid_output():
-    error = refused(ENGINE + "display_name: '{{ name }}'\n", {"name": "it's"}, "yaml")
+    error = refused(ENGINE + "display_name: '{{ name }}\n", {"name": "x"}, "yaml")
     assert "invalid YAML" in error.user_message and "line" in error.admin_message
+
+
+def test_a_quote_that_would_end_the_admins_quoting_is_a_structure_refusal():
+    error = refused(ENGINE + "display_name: '{{ name }}'\n", {"name": "it's"}, "structure")
+    assert "'name'" in error.user_message and "template line 3" in error.admin_message
 
 
 def test_absurdly_nested_yaml_is_refused_not_raised():
