@@ -25,6 +25,7 @@ from service.broker_provisioning import Provisioner, load_key
 from service.context import Service, Settings
 from service.forwarder import Forwarder
 from service.housekeeper import Housekeeper
+from service.login_limits import LoginLimits
 from service.request_limits import RequestLimits
 from service.routing import Topology
 
@@ -61,6 +62,11 @@ def build_service(settings: Settings) -> Service:
         topology=topology,
         publisher=Publisher(topology),
         provisioner=Provisioner(topology, admin, load_key(sessions)),
+        logins=LoginLimits.of(
+            settings.login_failures_per_client,
+            settings.login_failures_per_address,
+            settings.login_failure_window_s,
+        ),
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import hmac
 import secrets
@@ -114,9 +115,18 @@ def add_client(
     return client, secret
 
 
+@functools.cache
+def _decoy_hash() -> str:
+    """What an unknown client id's secret is checked against: the same scrypt work."""
+    return hash_secret(secrets.token_hex(16))
+
+
 def authenticate_client(s: Session, client_id: str, secret: str) -> schema.ApiClient:
+    """The client, if the secret is its own; an unknown id costs the same hashing as a known
+    one, so timing does not tell which ids exist."""
     client = s.get(schema.ApiClient, client_id) if _is_uuid(client_id) else None
-    if client is None or not check_secret(secret, client.secret_hash):
+    matches = check_secret(secret, client.secret_hash if client else _decoy_hash())
+    if client is None or not matches:
         raise AuthError(401, "invalid client credentials")
     return client
 

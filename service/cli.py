@@ -145,6 +145,15 @@ def start(
         help="Fail tasks whose user endpoint has not started this many seconds after"
         " they were sent to it (0: wait forever).",
     ),
+    login_failures_per_client: int = typer.Option(
+        10, min=1, help="Wrong secrets one client id may try per window before it must wait."
+    ),
+    login_failures_per_address: int = typer.Option(
+        100, min=1, help="Wrong secrets one address may try per window before it must wait."
+    ),
+    login_failure_window: float = typer.Option(
+        300.0, min=1.0, help="Seconds a wrong secret counts against its client id and address."
+    ),
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
     """Run the service in the foreground until interrupted."""
@@ -179,6 +188,9 @@ def start(
         token_ttl_s=token_ttl,
         broker_api_url=broker_api or None,
         start_timeout_s=start_timeout,
+        login_failures_per_client=login_failures_per_client,
+        login_failures_per_address=login_failures_per_address,
+        login_failure_window_s=login_failure_window,
     )
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, log_level=log_level)
 

@@ -16,6 +16,7 @@ from service import auth
 from service.broker import Publisher
 from service.broker_provisioning import Provisioner
 from service.errors import ApiError
+from service.login_limits import LoginLimits
 from service.routing import Topology
 
 
@@ -29,6 +30,9 @@ class Settings:
     token_ttl_s: int = auth.DEFAULT_TOKEN_TTL_S
     broker_api_url: str | None = None
     start_timeout_s: float = 3600.0
+    login_failures_per_client: int = 10
+    login_failures_per_address: int = 100
+    login_failure_window_s: float = 300.0
 
 
 @dataclasses.dataclass
@@ -40,6 +44,7 @@ class Service:
     topology: Topology
     publisher: Publisher
     provisioner: Provisioner
+    logins: LoginLimits
 
 
 def service(request: Request) -> Service:
