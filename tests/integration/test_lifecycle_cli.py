@@ -147,12 +147,40 @@ def test_unknown_endpoint_is_named(endpoint_cli, tmp_path):
     assert done.returncode == 2 and "configure ghost" in done.stderr
 
 
+PEM = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA planted-o\n"
+    "-----END OPENSSH PRIVATE KEY-----"
+)
+TEMPLATE_WITH_SECRETS = """\
+engine:
+  type: GlobusComputeEngine   # DB_PASS=planted-c
+  provider: {type: LocalProvider, worker_init: export AWS_SECRET_ACCESS_KEY=planted-b}
+  worker_init: |
+    export API_KEY=planted-a
+  endpoint_setup: unlock --passphrase planted-e
+{% set t = "planted-d" %}
+"""
+LOG_WITH_SECRETS = f"""\
+connecting to amqp://u:planted-pw-3@broker/ with client_secret=planted-4
+Authorization: Bearer planted-5
+API_KEY: planted-i
+AWS_SECRET_ACCESS_KEY=planted-j and aws_secret_access_key: planted-k
+DB_PASS=planted-l passphrase=planted-m
+headers {{'Authorization': 'Basic planted-n'}}
+{PEM}
+broker amqp://u:pla/nted-p@broker/vhost
+password: "correct horse planted-q"
+"""
+
+
 def test_diagnostic_bundle_holds_no_planted_secret(endpoint_cli, tmp_path):
+    """Every kind of secret issue 18 listed, planted where an admin might have put it."""
     root = tmp_path / "endpoints"
     mapping = tmp_path / "mapping.json"
     external = {
         "DATA_TYPE": "external_identity_mapping#1.0.0",
         "command": ["/usr/local/bin/site-mapper", "--token", "planted-token-1"],
+        "comment": "ask for token planted-h",
     }
     mapping.write_text(json.dumps([external]))
     assert (
@@ -171,11 +199,13 @@ def test_diagnostic_bundle_holds_no_planted_secret(endpoint_cli, tmp_path):
     )
     directory = root / "diag"
     with open(directory / "config.yaml", "a") as f:
-        f.write("\nservice_url: http://svc:planted-pw-2@127.0.0.1:9/\n")
-    (directory / "endpoint.log").write_text(
-        "connecting to amqp://u:planted-pw-3@broker/ with client_secret=planted-4\n"
-        "Authorization: Bearer planted-5\n"
+        f.write("\nservice_url: http://svc:planted/pw-2@127.0.0.1:9/\n")
+    (directory / "user_config_template.yaml.j2").write_text(TEMPLATE_WITH_SECRETS)
+    (directory / "user_config_schema.json").write_text(
+        json.dumps({"properties": {"token": {"type": "string", "default": "planted-f"}}})
     )
+    (directory / "user_environment.yaml").write_text("AWS_SECRET_ACCESS_KEY: planted-g\n")
+    (directory / "endpoint.log").write_text(LOG_WITH_SECRETS)
     env_dir = tmp_path / "etc"
     env_dir.mkdir()
     (env_dir / "diag.env").write_text(
@@ -192,10 +222,11 @@ def test_diagnostic_bundle_holds_no_planted_secret(endpoint_cli, tmp_path):
             m.name.split("/", 1)[1]: tar.extractfile(m).read().decode() for m in tar.getmembers()
         }
     everything = "\n".join(contents.values())
-    assert "planted" not in everything
+    assert "planted" not in everything and "nted-p" not in everything, everything
     assert {
         "versions.txt",
-        "diag/config.yaml",
+        "diag/config.json",
+        "diag/user_config_template.yaml.j2",
         "diag/endpoint.log",
         "diag/diag.env",
         "diag/connectivity.txt",
@@ -203,8 +234,28 @@ def test_diagnostic_bundle_holds_no_planted_secret(endpoint_cli, tmp_path):
     } <= set(contents)
     assert "GLOBUS_COMPUTE_CLIENT_SECRET=***" in contents["diag/diag.env"]
     assert "site-mapper" in contents["diag/identity_mapping_config.json"]
+    assert "type: GlobusComputeEngine" in contents["diag/user_config_template.yaml.j2"]
+    assert "type: LocalProvider" in contents["diag/user_config_template.yaml.j2"]
     assert "compute-agent" in contents["versions.txt"]
     assert "FAILED" in contents["diag/connectivity.txt"]  # nothing listens on 127.0.0.1:9
+
+
+def test_diagnostic_writes_a_new_file_only(endpoint_cli, tmp_path):
+    root = tmp_path / "endpoints"
+    configured = endpoint_cli(
+        "configure", "diag", "--contact-email", "ops@site.org", "--config-dir", str(root)
+    )
+    assert configured.returncode == 0, configured.stderr
+    existing = tmp_path / "existing.tar.gz"
+    existing.write_text("keep me")
+    victim = tmp_path / "victim"
+    victim.write_text("keep me too")
+    link = tmp_path / "link.tar.gz"
+    link.symlink_to(victim)
+    for target in (existing, link):
+        done = endpoint_cli("diagnostic", "--config-dir", str(root), "-o", str(target))
+        assert done.returncode == 1 and "exists" in done.stderr
+    assert existing.read_text() == "keep me" and victim.read_text() == "keep me too"
 
 
 @pytest.mark.skipif(
