@@ -173,12 +173,24 @@ def main(name: str) -> int:
         if creds is not None:
             report_startup_failure(creds, f"Endpoint failed to start: {e}")
         return EX_DATAERR
+    keep_to_myself(payload)
     try:
         creds = credential_source(payload)()
     except (PayloadError, ValueError, OSError) as e:
         log.error("cannot read the broker credentials: %s", e)
         return EX_DATAERR
     return _serve(name, payload, creds)
+
+
+def keep_to_myself(payload: LaunchPayload) -> None:
+    """The descriptors the monitor handed over stay in this process: workers, engines and
+    anything a task starts never inherit the audit pipe, the note pipe or the credentials."""
+    for fd in (payload.mem_fd, payload.audit_fd, payload.note_fd):
+        if fd is not None:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError as e:
+                log.warning("descriptor %d from the launch payload: %s", fd, e)
 
 
 def leave_note(fd: int | None, step: str, admin_message: str) -> None:
