@@ -44,3 +44,15 @@ def service_cli():
 # the whole session: importing them into several modules would start one
 # session-scoped service per module.
 pytest_plugins = ["tests.fixtures_service"]
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Every process a test started must be gone: anything left that names this session's
+    temporary directory is killed, listed, and fails the run."""
+    from tests.processes import kill_mentioning
+
+    basetemp = session.config._tmp_path_factory.getbasetemp()
+    left = kill_mentioning(f"{basetemp}/")  # the slash: pytest-6 must not match pytest-60
+    if left:
+        print(f"\nprocesses left behind by tests (killed now): {left}")
+        session.exitstatus = 1

@@ -7,7 +7,9 @@ session's compute-service subprocess; reading /proc does neither.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from pathlib import Path
 
 
@@ -48,3 +50,27 @@ def processes_of(uid: int) -> dict[int, str]:
         except (FileNotFoundError, ProcessLookupError):
             continue
     return {pid: cmd.decode(errors="replace") for pid, cmd in found.items()}
+
+
+def kill_mentioning(text: str) -> list[int]:
+    """SIGKILL every process whose command line or working directory mentions ``text``.
+
+    For tests that run user endpoints without a monitor (no cgroup to take
+    what they started): Parsl's provider runs blocks in sessions of their own,
+    which outlive a killed endpoint. Their command lines and working
+    directories name the test's temporary directory.
+    """
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if text in cmdline or cwd.startswith(text):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    return killed

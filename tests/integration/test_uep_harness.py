@@ -22,6 +22,7 @@ import pika
 import pika.exceptions
 import pytest
 
+from tests.processes import kill_mentioning
 from wire import WireError
 from wire.amqp import connect
 from wire.messages import EPStatusReport, Result, Task, pack, unpack
@@ -288,6 +289,7 @@ def launch(tmp_path, service):
     yield start
     for ep in started:
         ep.stop()
+    kill_mentioning(f"{tmp_path}/")  # provider blocks live in sessions of their own
 
 
 def _double(x):
