@@ -8,7 +8,11 @@ The delivery rules that make a task impossible to lose:
 
 1. at most ``prefetch`` deliveries are unacknowledged (``basic_qos``), and the
    engine is never handed more than it can start soon;
-2. a task is journaled in the store (fsync) before its delivery is acked;
+2. a task is journaled in the store (fsync) and handed to the engine before
+   its delivery is acked, and only while that delivery's channel is open (a
+   closed channel's deliveries go back to the broker, for the next session);
+   a task journaled but never handed over (a step cut short) runs when the
+   broker delivers it again;
 3. a result is stored (fsync) before it is published and deleted only when the
    broker confirms it; the store is re-published at every session start;
 4. at stop: stop consuming, give running tasks a grace period, then answer the
@@ -88,6 +92,7 @@ class UserEndpoint:
         self._parent = os.getppid()
         self.audit = Audit(audit_fd, self.request_stop)
         self._functions: dict[str, str | None] = {}
+        self._started: set[str] = set()  # handed to the engine; answer not yet stored
 
     # ---- called from any thread -------------------------------------------------
 
@@ -187,6 +192,7 @@ class UserEndpoint:
                 verdict.task_id, text, "CouldNotExecuteUserTaskError", text, self.endpoint_id
             )
         self._functions[verdict.task_id] = verdict.function_id
+        self._started.add(verdict.task_id)
         future.add_done_callback(lambda f, tid=verdict.task_id: self._engine_done(tid, f))
         return None
 
@@ -210,6 +216,7 @@ class UserEndpoint:
                 self.audit(function_id, task_id, "EXEC_END")
             else:
                 log.info("dropping late result of task %s (already answered)", task_id)
+                self._started.discard(task_id)
         if batch:
             try:
                 self.store.add_results(batch)
@@ -217,7 +224,20 @@ class UserEndpoint:
                 log.warning("cannot store %d result(s) yet (%s); will retry", len(batch), e)
                 self._unstored = batch
                 return []
+            self._started.difference_update(task_id for task_id, _packed in batch)
         return batch
+
+    def stranded(self, task_id: str | None) -> bool:
+        """Journaled by this run but never handed to the engine, so no result can come.
+
+        Every task journaled by an earlier run is answered or restarted by
+        :meth:`_recover_journal`; one journaled since is started right after, so
+        this holds only if that step was cut short. The broker then delivers it
+        again (its ack came after), and it must run rather than be skipped.
+        """
+        return (
+            task_id is not None and task_id not in self._started and self.store.journaled(task_id)
+        )
 
     @property
     def results_unstored(self) -> bool:

@@ -220,62 +220,93 @@ class Session:
             self.conn.ioloop.call_later(0, self.pump)
 
     def pump(self) -> None:
-        """Move pending deliveries into the journal and the engine, then ack them."""
+        """Move pending deliveries into the journal and the engine, then ack them.
+
+        Only while the consuming channel is open. pika ends a connection the
+        broker closed from an ioloop callback, and the timers due in that same
+        pass still run after it (this pump re-arms itself while deliveries wait
+        for room). A delivery of a closed channel can no longer be acked: the
+        broker gives it to the next session, so it must not be journaled here,
+        or that session would skip it as already handled.
+        """
         if self.stopping or not self.pending:
             return
+        if self.consume_ch is None or not self.consume_ch.is_open:
+            self.pending.clear()
+            return
         ep = self.ep
-        room = ep.prefetch - ep.engine.outstanding
-        taken = []
-        while self.pending and len(taken) < room:
-            taken.append(self.pending.popleft())
+        taken = self._take(ep.prefetch - ep.engine.outstanding)
         if not taken:
             return
-        to_run, answers, seen = [], [], set()
-        for _tag, headers, body in taken:
-            verdict = judge(headers, body, ep.settings.allowed_functions)
-            if verdict.action == "drop":
-                log.error("dropping an unattributable task message: %s", verdict.message)
-            elif verdict.task_id in seen or ep.store.known(verdict.task_id):
-                log.warning("task %s delivered again; already handled", verdict.task_id)
-            elif verdict.action == "reject":
-                log.warning("task %s rejected: %s", verdict.task_id, verdict.message)
-                if verdict.code == "FUNCTION_NOT_ALLOWED":
-                    ep.audit(
-                        verdict.function_id,
-                        verdict.task_id,
-                        "FAILED",
-                        "Function not permitted on endpoint",
-                    )
-                answers.append(
-                    (
-                        verdict.task_id,
-                        error_result(
-                            verdict.task_id,
-                            verdict.message,
-                            verdict.code,
-                            verdict.message,
-                            ep.endpoint_id,
-                        ),
-                    )
-                )
-            else:
-                to_run.append((verdict, body, headers))
-            if verdict.task_id:
-                seen.add(verdict.task_id)
+        to_run, answers = self._sort(taken)
         journal = [(v.task_id, b, json.dumps(_jsonable(h))) for v, b, h in to_run]
         ep.store.accept(journal, answers)
-        self.consume_ch.basic_ack(taken[-1][0], multiple=True)
         ep.received += len(to_run) + len(answers)
-        for verdict, body, _h in to_run:
-            ep.audit(verdict.function_id, verdict.task_id, "RECEIVED")
-            refused = ep.submit(verdict, body)
-            if refused is not None:
-                answers.append((verdict.task_id, refused))
-                ep.store.add_results([(verdict.task_id, refused)])
+        answers += self._start(to_run)
+        self.consume_ch.basic_ack(taken[-1][0], multiple=True)
         for task_id, packed in answers:
             self._publish_result(task_id, packed)
         if self.pending:
             self.conn.ioloop.call_later(0, self.pump)
+
+    def _take(self, room: int) -> list:
+        taken = []
+        while self.pending and len(taken) < room:
+            taken.append(self.pending.popleft())
+        return taken
+
+    def _sort(self, taken: list) -> tuple[list, list]:
+        """Deliveries to run, and immediate answers (rejections); duplicates are skipped.
+
+        A task this run journaled but never started (an earlier pump failed
+        between the two) is run when the broker delivers it again, not skipped.
+        """
+        ep = self.ep
+        to_run, answers, seen = [], [], set()
+        for _tag, headers, body in taken:
+            verdict = judge(headers, body, ep.settings.allowed_functions)
+            task_id = verdict.task_id
+            if verdict.action == "drop":
+                log.error("dropping an unattributable task message: %s", verdict.message)
+            elif task_id in seen or (ep.store.known(task_id) and not self._stranded(verdict)):
+                log.warning("task %s delivered again; already handled", task_id)
+            elif verdict.action == "reject":
+                answers.append((task_id, self._reject(verdict)))
+            else:
+                to_run.append((verdict, body, headers))
+            if task_id:
+                seen.add(task_id)
+        return to_run, answers
+
+    def _stranded(self, verdict) -> bool:
+        if verdict.action != "run" or not self.ep.stranded(verdict.task_id):
+            return False
+        log.warning("task %s was journaled but never started; starting it", verdict.task_id)
+        return True
+
+    def _reject(self, verdict) -> bytes:
+        ep = self.ep
+        log.warning("task %s rejected: %s", verdict.task_id, verdict.message)
+        if verdict.code == "FUNCTION_NOT_ALLOWED":
+            ep.audit(
+                verdict.function_id, verdict.task_id, "FAILED", "Function not permitted on endpoint"
+            )
+        return error_result(
+            verdict.task_id, verdict.message, verdict.code, verdict.message, ep.endpoint_id
+        )
+
+    def _start(self, to_run: list) -> list[tuple[str, bytes]]:
+        """Hand journaled tasks to the engine; the answers of those it refused, stored."""
+        ep = self.ep
+        refused = []
+        for verdict, body, _headers in to_run:
+            ep.audit(verdict.function_id, verdict.task_id, "RECEIVED")
+            answer = ep.submit(verdict, body)
+            if answer is not None:
+                refused.append((verdict.task_id, answer))
+        if refused:
+            ep.store.add_results(refused)
+        return refused
 
     # -- publishing
 

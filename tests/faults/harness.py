@@ -32,6 +32,7 @@ import pika
 import pika.exceptions
 
 from tests.e2e.appliance import Manager, client_env, run
+from tests.faults import evidence
 from wire import messages, serializer
 
 CLIENT = Path(__file__).with_name("batch_client.py")
@@ -192,8 +193,15 @@ class Batch:
             seconds=round(time.monotonic() - self.started, 1),
         )
 
-    def explain(self) -> str:
-        """Error texts and unanswered tasks, for a failure message."""
+    def explain(self, keep: Path | None = None) -> str:
+        """Error texts and unanswered tasks, for a failure message.
+
+        With ``keep``, the logs and journals of every party are copied there
+        (before the test's accounts, and their homes, are removed) and each
+        unanswered task is followed through them: its status at the service,
+        its rows in the user endpoint's journal, how often it ran, and every log
+        line that names it.
+        """
         errors = collections.Counter(
             messages.unpack(b[0]).data.strip().splitlines()[-1][:160]
             for b in self.answers.values()
@@ -201,10 +209,26 @@ class Batch:
         )
         statuses = self.statuses()
         missing = [t for t in self.task_ids if t not in self.answers]
-        return (
+        text = (
             f"errors: {dict(errors)}\nunanswered: "
             f"{[(t, statuses.get(t)) for t in missing[:10]]} ({len(missing)} in all)"
         )
+        if keep is None or not missing:
+            return text
+        kept = evidence.collect(self.mgr, self.config, keep)
+        index = {task_id: n for n, task_id in enumerate(self.task_ids)}
+        lines = [text, f"evidence kept in {keep}"]
+        for task_id in missing[:10]:
+            runs = self.marks / str(index[task_id])
+            ran = len(runs.read_text().splitlines()) if runs.exists() else 0
+            lines.append(
+                f"- task {task_id} (#{index[task_id]}): service {statuses.get(task_id)!r},"
+                f" ran {ran}x, journal {evidence.journal_rows(kept, task_id)}"
+            )
+            lines += [f"    {line}" for line in evidence.mentions(kept, task_id)]
+        lines.append("user endpoint warnings and errors:")
+        lines += [f"    {line}" for line in evidence.alarms(kept)]
+        return "\n".join(lines)
 
     def values(self) -> set:
         """The values of the successful answers (each task answers its own number)."""

@@ -64,10 +64,13 @@ def through(appliance, tmp_path, fault: str, inject, config=None, poison=None, s
         batch.settle(settle)
         row = batch.row(fault)
         ROWS.append(row)
+        failed = row.lost or row.answered_twice or row.results + row.errors != row.submitted
+        keep = Path(os.environ.get("CA_FAULTS_EVIDENCE", tmp_path / "evidence")) / tmp_path.name
+        why = batch.explain(keep if failed else None)
         if os.environ.get("CA_FAULTS_DEBUG"):
-            print(batch.explain())
-        assert row.lost == 0, f"{row.lost} task(s) never answered: {row}"
-        assert row.answered_twice == 0, row
+            print(why)
+        assert row.lost == 0, f"{row.lost} task(s) never answered: {row}\n{why}"
+        assert row.answered_twice == 0, f"{row}\n{why}"
         assert row.results + row.errors == row.submitted
         return batch, row
     finally:

@@ -9,6 +9,7 @@ is allowed: the bytes are identical, so the service sees one answer.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
@@ -251,3 +252,161 @@ def test_killed_endpoint_leaves_no_pool_workers_behind(service, launch):
     while group() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert group() == []
+
+
+def wait_for_gate(path):
+    """A task that runs until the test opens its gate (a file); bounded at 60 s."""
+    import os
+    import time
+
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return path
+
+
+def _close_connections_of(vhost: str, name: str, timeout_s: float = 20) -> int:
+    """Close the broker connections called ``name`` on ``vhost``, as a broker restart does.
+
+    The management API lists a new connection only after its next statistics
+    tick (a few seconds), so it is asked until the connection shows up.
+    """
+    import httpx
+
+    api, auth = "http://127.0.0.1:15672/api", ("guest", "guest")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = [
+            conn["name"]
+            for conn in httpx.get(f"{api}/connections", auth=auth, timeout=10).json()
+            if conn.get("vhost") == vhost
+            and conn.get("client_properties", {}).get("connection_name") == name
+        ]
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for conn in found:
+        httpx.delete(f"{api}/connections/{conn}", auth=auth, timeout=10)
+    return len(found)
+
+
+@contextlib.contextmanager
+def endpoint_in_this_process(service, tmp_path, max_workers: int = 1):
+    """A user endpoint run on a thread of the test (so a test can patch its code);
+    stopped, with its engine, on the way out."""
+    import threading
+
+    from uep.endpoint import Settings, UserEndpoint
+    from uep.engines.pools import ThreadPoolEngine
+    from uep.store import Store
+    from wire.queue_info import AmqpCreds
+
+    engine = ThreadPoolEngine(max_workers=max_workers)
+    engine.start(service.endpoint_id, tmp_path)
+    creds = AmqpCreds.from_dict(service.amqp_creds())
+    ready, holder = threading.Event(), {}
+
+    def serve():  # the store belongs to the thread that runs the endpoint
+        store = Store(tmp_path / "state.sqlite3")
+        holder["endpoint"] = UserEndpoint(
+            engine=engine,
+            store=store,
+            credentials=lambda: creds,
+            endpoint_id=service.endpoint_id,
+            ep_info={},
+            settings=Settings(30.0, 0, 5760, None, None, 5.0, False),
+        )
+        ready.set()
+        try:
+            holder["endpoint"].run()
+        finally:
+            store.close()
+
+    runner = threading.Thread(target=serve, daemon=True)
+    runner.start()
+    try:
+        assert ready.wait(10)
+        yield holder["endpoint"]
+    finally:
+        if "endpoint" in holder:
+            holder["endpoint"].request_stop("test over")
+        runner.join(30)
+        engine.shutdown()
+    assert not runner.is_alive()
+
+
+def test_a_pump_in_the_last_pass_of_a_dropped_session_loses_nothing(service, tmp_path, monkeypatch):
+    """The broker drops the connection while deliveries wait for room in the engine.
+
+    pika ends a connection the broker closed from an ioloop callback, and the
+    timers due in that same pass still run after it: a pump armed earlier (the
+    pump re-arms itself while deliveries wait) then finds room (a task just
+    finished) and channels that are already closed. Here the two events that
+    race in production are put into that one pass: a task finishes and a pump
+    is due when the session learns the connection is gone. Every task must
+    still be answered, once.
+    """
+    import threading
+
+    from uep import session as session_module
+
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    raced = threading.Event()
+    real_on_closed = session_module.Session._on_closed
+
+    def on_closed_in_the_race(self, conn, reason):
+        if not raced.is_set():
+            raced.set()
+            (gates / "0").touch()  # the running task finishes: room for a delivery
+            deadline = time.monotonic() + 10
+            while self.ep.engine.outstanding >= self.ep.prefetch and time.monotonic() < deadline:
+                time.sleep(0.01)
+            conn.ioloop.call_later(0, self.pump)  # the pump an earlier pass armed
+        real_on_closed(self, conn, reason)
+
+    monkeypatch.setattr(session_module.Session, "_on_closed", on_closed_in_the_race)
+    with endpoint_in_this_process(service, tmp_path) as endpoint:
+        waiting = 3
+        count = endpoint.prefetch + waiting
+        try:
+            ids = [service.submit(wait_for_gate, str(gates / str(n))) for n in range(count)]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                session = endpoint._session
+                if session is not None and len(session.pending) == waiting:
+                    break
+                time.sleep(0.05)
+            assert endpoint.engine.outstanding == endpoint.prefetch, "the engine never filled up"
+            assert _close_connections_of(service.vhost, f"uep {service.endpoint_id}") == 1
+            assert raced.wait(10), "the session never saw its connection close"
+        finally:
+            for n in range(count):
+                (gates / str(n)).touch()
+        answers = assert_answered_once(service, ids, settle=0.5)
+        assert all(not a.is_error for a in answers.values())
+
+
+def test_a_task_journaled_but_never_started_runs_when_delivered_again(
+    service, tmp_path, monkeypatch
+):
+    """A pump cut short between the journal and the engine (here: the engine's
+    hand-off fails once) must not leave the task journaled forever: its delivery
+    was never acked, and when the broker delivers it again it runs."""
+    from uep.endpoint import UserEndpoint
+
+    real_submit = UserEndpoint.submit
+    failures = []
+
+    def submit_failing_once(self, verdict, body):
+        if not failures:
+            failures.append(verdict.task_id)
+            raise RuntimeError("cut short between the journal and the engine")
+        return real_submit(self, verdict, body)
+
+    monkeypatch.setattr(UserEndpoint, "submit", submit_failing_once)
+    with endpoint_in_this_process(service, tmp_path):
+        task_id = service.submit(nap, 0)
+        answers = assert_answered_once(service, [task_id], settle=0.5)
+        assert failures == [task_id], "the injected failure never happened"
+        assert not answers[task_id].is_error
