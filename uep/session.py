@@ -21,7 +21,7 @@ import pika.exceptions
 import pika.spec
 
 from uep.execution import error_result
-from uep.intake import judge
+from uep.intake import Verdict, judge
 from wire.amqp import connection_parameters, publish_kwargs, redact
 from wire.messages import EPStatusReport, Result, pack, unpack_as
 
@@ -60,8 +60,10 @@ class Owner(t.Protocol):
     store: Store
     engine: Engine
     forwarded: int
+    received: int
     stop_reason: str | None
     credentials: t.Callable[[], AmqpCreds]
+    audit: t.Callable[..., None]
 
     @property
     def results_unstored(self) -> bool: ...
@@ -79,6 +81,10 @@ class Owner(t.Protocol):
     def parent_gone(self) -> bool: ...
 
     def answer_unfinished(self, why: str) -> None: ...
+
+    def stranded(self, task_id: str | None) -> bool: ...
+
+    def submit(self, verdict: Verdict, body: bytes) -> bytes | None: ...
 
 
 class Session:
