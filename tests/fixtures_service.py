@@ -75,7 +75,8 @@ def private_vhost(tag: str):
     Erlang VM, about half a second); it does the rest through the management API.
     """
     vhost = f"ca-test-{tag}-{uuid.uuid4().hex[:8]}"
-    admin, secret = f"{vhost}-admin", secrets.token_urlsafe(18)
+    # Hex, not token_urlsafe: a secret starting with "-" is an option to rabbitmqctl.
+    admin, secret = f"{vhost}-admin", secrets.token_hex(18)
     auth = (admin, secret)
     _rabbitmqctl("add_user", admin, secret)
     try:
