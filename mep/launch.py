@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import typing as t
 from pathlib import Path
@@ -19,12 +18,10 @@ from pathlib import Path
 import yaml
 
 from mep.decision import LaunchPlan
+from mep.monitor.server import DEFAULT_PATH
 from wire.queue_info import AmqpCreds
 
 log = logging.getLogger(__name__)
-
-EXECUTABLE = "compute-endpoint"
-DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def parse_user_environment(text: str | None, source: str) -> tuple[dict[str, str], str | None]:
@@ -74,11 +71,6 @@ def child_environment(plan: LaunchPlan, user_env: dict[str, str], bindir: str) -
     if runtime.get("globus_compute_sdk_version"):
         env.setdefault("GC_USER_SDK_VERSION", str(runtime["globus_compute_sdk_version"]))
     return env
-
-
-def find_executable(env: dict[str, str]) -> str | None:
-    """The user endpoint program on the child's PATH (the admin's hook for per-user envs)."""
-    return shutil.which(EXECUTABLE, path=env.get("PATH", ""))
 
 
 def stdin_payload(
