@@ -54,5 +54,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     basetemp = session.config._tmp_path_factory.getbasetemp()
     left = kill_mentioning(f"{basetemp}/")  # the slash: pytest-6 must not match pytest-60
     if left:
-        print(f"\nprocesses left behind by tests (killed now): {left}")
+        print("\nprocesses left behind by tests (killed now):")
+        for pid, what in left.items():
+            print(f"  {pid}: {what}")
         session.exitstatus = 1

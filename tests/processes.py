@@ -52,25 +52,29 @@ def processes_of(uid: int) -> dict[int, str]:
     return {pid: cmd.decode(errors="replace") for pid, cmd in found.items()}
 
 
-def kill_mentioning(text: str) -> list[int]:
-    """SIGKILL every process whose command line or working directory mentions ``text``.
+def kill_mentioning(text: str) -> dict[int, str]:
+    """SIGKILL every process whose command line or working directory mentions ``text``;
+    returns what was killed, pid -> "uid, parent, directory: command line", so a
+    report says which test's process it was.
 
     For tests that run user endpoints without a monitor (no cgroup to take
     what they started): Parsl's provider runs blocks in sessions of their own,
     which outlive a killed endpoint. Their command lines and working
     directories name the test's temporary directory.
     """
-    killed = []
+    killed = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             cwd = os.readlink(entry / "cwd")
+            parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            uid = entry.stat().st_uid
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
         if text in cmdline or cwd.startswith(text):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry.name), signal.SIGKILL)
-                killed.append(int(entry.name))
+                killed[int(entry.name)] = f"uid {uid}, parent {parent}, in {cwd}: {cmdline}"
     return killed
