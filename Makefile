@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 OFFICIAL_VENV ?= $(VENV_ROOT)/official-endpoint-4.19
 OFFICIAL_ENDPOINT := $(OFFICIAL_VENV)/bin/globus-compute-endpoint
 
-.PHONY: all venv install services official-endpoint test lint demo soak rpm clean
+.PHONY: all venv install services slurm official-endpoint test lint demo soak rpm clean
 
 all: test
 
@@ -57,7 +57,11 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: install services official-endpoint lint
+# A single-node Slurm cluster for the tests whose workers run in Slurm jobs.
+slurm:
+	@packaging/dev/ensure-slurm.sh
+
+test: install services slurm official-endpoint lint
 	COMPUTE_AGENT_OFFICIAL_ENDPOINT="$(OFFICIAL_ENDPOINT)" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install services
