@@ -50,6 +50,13 @@ def configure(
             "/etc/compute-agent as root, else ~/.compute_agent)."
         ),
     ] = None,
+    scheduler: Annotated[
+        str,
+        typer.Option(
+            help="Where workers run: local (this host), slurm or pbspro; picks the "
+            "example template and schema to start from."
+        ),
+    ] = "local",
 ) -> None:
     """Create an endpoint directory with the default config, template and schema."""
     import os
@@ -71,6 +78,7 @@ def configure(
             display_name=display_name,
             high_assurance=high_assurance,
             id_mapping_text=id_mapping_text,
+            scheduler=scheduler,
         )
         directory = endpoint_dir(name, config_dir)
         planned = plan_endpoint_files(directory, request)

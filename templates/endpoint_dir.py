@@ -46,6 +46,7 @@ class ConfigureRequest:
     display_name: str | None = None
     high_assurance: bool = False
     id_mapping_text: str | None = None
+    scheduler: str = "local"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,10 @@ class PlannedFile:
 
 def _check_request(request: ConfigureRequest) -> None:
     check_endpoint_name(request.name)
+    if request.scheduler not in files.SCHEDULERS:
+        raise ConfigError(
+            f"unknown scheduler {request.scheduler!r}: choose one of {', '.join(files.SCHEDULERS)}"
+        )
     if request.multi_user and not request.contact_email:
         raise ConfigError(
             "Email must be specified for a multi-user endpoint: add --contact-email ADDRESS "
@@ -117,11 +122,16 @@ def plan_endpoint_files(directory: Path, request: ConfigureRequest) -> list[Plan
         ),
         PlannedFile(
             TEMPLATE_NAME,
-            files.default_text(TEMPLATE_NAME),
+            files.default_text(TEMPLATE_NAME, request.scheduler),
             template_mode,
             "user endpoint template",
         ),
-        PlannedFile(SCHEMA_NAME, files.default_text(SCHEMA_NAME), 0o600, "user options schema"),
+        PlannedFile(
+            SCHEMA_NAME,
+            files.default_text(SCHEMA_NAME, request.scheduler),
+            0o600,
+            "user options schema",
+        ),
         PlannedFile(
             ENVIRONMENT_NAME,
             files.default_text(ENVIRONMENT_NAME),

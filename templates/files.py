@@ -25,13 +25,24 @@ DEFAULT_FILES = (
     EXAMPLE_IDENTITY_MAPPING_NAME,
 )
 MAX_TEMPLATE_BYTES = 1 << 20
+# Where user endpoints' workers run: the default template runs them on this
+# host; each other name is a folder of templates/examples holding a template
+# and schema for that batch system.
+SCHEDULERS = ("local", "slurm", "pbspro")
+SCHEDULER_FILES = (TEMPLATE_NAME, SCHEMA_NAME)
 
 
-def default_text(name: str) -> str:
-    """The text of one shipped default file (see :data:`DEFAULT_FILES`)."""
+def default_text(name: str, scheduler: str = "local") -> str:
+    """The text of one shipped default file (see :data:`DEFAULT_FILES`); the template
+    and schema come in one flavour per :data:`SCHEDULERS`."""
     if name not in DEFAULT_FILES:
         raise KeyError(f"no default file named {name!r}")
-    return resources.files("templates").joinpath(name).read_text(encoding="utf-8")
+    if scheduler not in SCHEDULERS:
+        raise KeyError(f"no scheduler named {scheduler!r}")
+    folder = resources.files("templates")
+    if scheduler != "local" and name in SCHEDULER_FILES:
+        folder = folder.joinpath("examples", scheduler)
+    return folder.joinpath(name).read_text(encoding="utf-8")
 
 
 def read_text(path: Path, what: str) -> str:

@@ -104,6 +104,16 @@ def test_generated_config_loads_as_a_manager_config(tmp_path):
     assert config.display_name == "x: y\n#z" and config.public
 
 
+@pytest.mark.parametrize("scheduler", ["slurm", "pbspro"])
+def test_a_scheduler_picks_its_example_template_and_schema(scheduler, tmp_path):
+    files = planned(ConfigureRequest("ep", True, "a@b.org", scheduler=scheduler), tmp_path)
+    provider = {"slurm": "SlurmProvider", "pbspro": "PBSProProvider"}[scheduler]
+    assert f"type: {provider}" in files["user_config_template.yaml.j2"].text
+    schema = json.loads(files["user_config_schema.json"].text)
+    assert schema["additionalProperties"] is False
+    assert files["user_config_template.yaml.j2"].mode == 0o644
+
+
 @pytest.mark.parametrize(
     ("request_", "fragment"),
     [
@@ -112,6 +122,7 @@ def test_generated_config_loads_as_a_manager_config(tmp_path):
         (ConfigureRequest("ep", True, "a@b", id_mapping_text="{"), "not valid JSON"),
         (ConfigureRequest("ep", True, "a@b", id_mapping_text="{}"), "JSON list"),
         (ConfigureRequest("../ep", False), "invalid endpoint name"),
+        (ConfigureRequest("ep", False, scheduler="lsf"), "unknown scheduler 'lsf'"),
     ],
 )
 def test_refused_requests(request_, fragment):

@@ -87,19 +87,91 @@ def test_default_template_renders_a_local_provider_engine(options):
     assert type(provider).__name__ == "LocalProvider" and provider.max_blocks == 1
 
 
-@pytest.mark.parametrize("example", range(2))
-def test_commented_examples_in_the_default_template_render(example):
-    """The Slurm and PBS examples kept in Jinja comments are real, working configs."""
-    blocks = re.findall(
-        r"\{#\s*\n\s*Example:.*?\n\n(.*?)#\}", default_text("user_config_template.yaml.j2"), re.S
+def scheduler_example(scheduler: str) -> tuple[str, dict]:
+    return (
+        default_text("user_config_template.yaml.j2", scheduler),
+        json.loads(default_text("user_config_schema.json", scheduler)),
     )
-    assert len(blocks) == 2
-    out = rendered(blocks[example], {"account": "abc123", "worker_init": "module load x"})
-    provider = out.config.engine.provider
-    assert provider.type == ("SlurmProvider", "PBSProProvider")[example]
-    assert provider.options["account"] == "abc123"
-    built = provider.build()
-    assert built.account == "abc123" and built.walltime in ("00:30:00", "01:00:00")
+
+
+def test_slurm_example_defaults():
+    template, schema = scheduler_example("slurm")
+    out = rendered(template, {}, schema)
+    engine = out.config.engine
+    assert engine.type == "GlobusComputeEngine"
+    provider = engine.provider.build()
+    assert type(provider).__name__ == "SlurmProvider"
+    assert (provider.partition, provider.walltime, provider.exclusive) == (
+        "debug",
+        "00:30:00",
+        False,
+    )
+    assert type(provider.launcher).__name__ == "SrunLauncher"
+    assert provider.account is None and provider.worker_init.strip() == ""
+
+
+def test_slurm_example_researcher_choices_and_mpi():
+    template, schema = scheduler_example("slurm")
+    options = {
+        "partition": "long",
+        "account": "proj-7",
+        "walltime": "12:00:00",
+        "nodes_per_block": 2,
+        "max_blocks": 3,
+        "mpi": True,
+        "mpi_launcher": "mpiexec",
+        "worker_init": "module load mpich",
+    }
+    out = rendered(template, options, schema)
+    engine = out.config.engine
+    assert engine.type == "GlobusMPIEngine"
+    assert engine.options["mpi_launcher"] == "mpiexec"
+    provider = engine.provider.build()
+    assert (provider.partition, provider.account, provider.walltime) == (
+        "long",
+        "proj-7",
+        "12:00:00",
+    )
+    assert (provider.nodes_per_block, provider.max_blocks) == (2, 3)
+    assert type(provider.launcher).__name__ == "SimpleLauncher"
+    assert provider.worker_init.strip() == "module load mpich"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"partition": "gpu"}, "'gpu' is not one of ['debug', 'long']"),
+        ({"walltime": "1 day"}, "'1 day' does not match"),
+        ({"nodes_per_block": 40}, "40 is greater than the maximum of 4"),
+        ({"account": "a; rm -rf ~"}, "does not match"),
+        ({"mpi": "yes"}, "'yes' is not of type 'boolean'"),
+        ({"qos": "high"}, "Additional properties are not allowed ('qos' was unexpected)"),
+    ],
+)
+def test_slurm_example_schema_refuses(options, message):
+    template, schema = scheduler_example("slurm")
+    outcome = render(template, options, schema)
+    assert outcome.step == "schema" and message in outcome.user_message, outcome
+
+
+def test_pbspro_example_is_the_polaris_workshop_config():
+    template, schema = scheduler_example("pbspro")
+    out = rendered(template, {"account": "alcf_training", "walltime": "00:10:00"}, schema)
+    engine = out.config.engine
+    assert engine.options["available_accelerators"] == 4
+    assert engine.options["cpu_affinity"].startswith("list:24-31,56-63:")
+    provider = engine.provider.build()
+    assert (provider.account, provider.queue, provider.walltime) == (
+        "alcf_training",
+        "debug",
+        "00:10:00",
+    )
+    assert provider.select_options == "ngpus=4"
+    assert provider.scheduler_options == "#PBS -l filesystems=home:eagle:grand"
+    assert (provider.launcher.bind_cmd, provider.launcher.overrides) == ("--cpu-bind", "--ppn 1")
+    assert render(template, {}, schema).user_message == (
+        "user_endpoint_config: 'account' is a required property"
+    )
 
 
 def test_polaris_example_from_the_spec():
