@@ -204,10 +204,20 @@ def flow(value: t.Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{flow(k)}: {flow(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{_flow_key(k)}: {flow(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list | tuple | set | frozenset):
         return "[" + ", ".join(flow(item) for item in value) + "]"
     return quote(str(value))
+
+
+# YAML allows an implicit key of at most 1024 characters; a longer one needs the
+# explicit "? " indicator, or a researcher's long dict key makes the config invalid.
+IMPLICIT_KEY_LIMIT = 512
+
+
+def _flow_key(key: t.Any) -> str:
+    text = flow(key)
+    return f"? {text}" if len(text) > IMPLICIT_KEY_LIMIT else text
 
 
 def finalize(value: t.Any) -> t.Any:

@@ -461,3 +461,14 @@ def test_any_dict_key_stays_one_plain_key(key, value):
     assert isinstance(out, Rendered), out
     assert out.config.paths.endpoint_dir == key
     assert json.loads(out.config.display_name) == {key: value}
+
+
+def test_a_dict_key_longer_than_yaml_allows_implicitly_still_renders():
+    """YAML caps implicit keys at 1024 characters (seen by the property above in CI)."""
+    value = {"k" * 2000: None, "é̺" * 400: [1, {"x" * 1500: "y"}]}
+    out = run(ENGINE + "display_name: {{ v }}\n", {"v": value})
+    assert out.step == "config", out  # valid YAML; only not a string
+    text = rendering.render_text(
+        "v: {{ v }}", {"v": value}, user_runtime={}, mapped_identity=IDENTITY, parent_config={}
+    )
+    assert yaml.safe_load(text)["v"] == value
