@@ -73,7 +73,7 @@ def kill_mentioning(text: str) -> dict[int, str]:
             uid = entry.stat().st_uid
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        if text in cmdline or cwd.startswith(text):
+        if text in cmdline or f"{cwd}/".startswith(text):  # the directory itself too
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry.name), signal.SIGKILL)
                 killed[int(entry.name)] = f"uid {uid}, parent {parent}, in {cwd}: {cmdline}"
