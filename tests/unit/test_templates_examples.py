@@ -117,6 +117,7 @@ def test_slurm_example_researcher_choices_and_mpi():
         "account": "proj-7",
         "walltime": "12:00:00",
         "nodes_per_block": 2,
+        "cores_per_node": 8,
         "max_blocks": 3,
         "mpi": True,
         "mpi_launcher": "mpiexec",
@@ -132,7 +133,7 @@ def test_slurm_example_researcher_choices_and_mpi():
         "proj-7",
         "12:00:00",
     )
-    assert (provider.nodes_per_block, provider.max_blocks) == (2, 3)
+    assert (provider.nodes_per_block, provider.max_blocks, provider.cores_per_node) == (2, 3, 8)
     assert type(provider.launcher).__name__ == "SimpleLauncher"
     assert provider.worker_init.strip() == "module load mpich"
 
