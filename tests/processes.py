@@ -13,6 +13,12 @@ import signal
 from pathlib import Path
 
 
+def _stat_fields(entry: Path) -> list[str]:
+    """``/proc/PID/stat`` after the command name (which may hold spaces and parentheses):
+    state, parent, process group, session, ..."""
+    return (entry / "stat").read_text().rsplit(")", 1)[1].split()
+
+
 def zombie_children(parent: int | None = None) -> list[int]:
     """Pids of ``parent``'s (default: this process's) children that exited unreaped."""
     parent = os.getpid() if parent is None else parent
@@ -21,7 +27,7 @@ def zombie_children(parent: int | None = None) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            fields = _stat_fields(entry)
         except (FileNotFoundError, ProcessLookupError):
             continue
         if int(fields[1]) == parent and fields[0] == "Z":
@@ -32,7 +38,7 @@ def zombie_children(parent: int | None = None) -> list[int]:
 def alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = _stat_fields(Path(f"/proc/{pid}"))[0]
     except FileNotFoundError:
         return False
     return state != "Z"
@@ -69,12 +75,14 @@ def kill_mentioning(text: str) -> dict[int, str]:
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             cwd = os.readlink(entry / "cwd")
-            parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
-            uid = entry.stat().st_uid
+            if text not in cmdline and not f"{cwd}/".startswith(text):  # the directory too
+                continue
+            what = (
+                f"uid {entry.stat().st_uid}, parent {_stat_fields(entry)[1]}, in {cwd}: {cmdline}"
+            )
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        if text in cmdline or f"{cwd}/".startswith(text):  # the directory itself too
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed[int(entry.name)] = f"uid {uid}, parent {parent}, in {cwd}: {cmdline}"
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(entry.name), signal.SIGKILL)
+            killed[int(entry.name)] = what
     return killed
