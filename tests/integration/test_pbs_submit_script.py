@@ -10,7 +10,6 @@ script the provider handed to ``qsub``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -18,15 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from templates.files import default_text
-from templates.rendering import Rendered, render_user_config
+from tests.unit.test_templates_examples import rendered, scheduler_example
 from uep.engines import build_engine
 
-IDENTITY = {
-    "local": {"uname": "alice", "uid": 1234, "gid": 1234, "groups": [1234], "dir": "/home/alice"},
-    "globus": {"id": "5fbe3a6d-6c2a-4b0e-8f2e-0e7f2c1c0a11"},
-}
-RUNTIME = {"globus_compute_sdk_version": "4.19.0", "python": {"version": "3.11.7"}}
 OPTIONS = {
     "account": "alcf_training",
     "queue": "debug-scaling",
@@ -57,21 +50,9 @@ def pbs_commands(tmp_path, monkeypatch):
     return log_dir
 
 
-def rendered_config():
-    outcome = render_user_config(
-        default_text("user_config_template.yaml.j2", "pbspro"),
-        json.loads(default_text("user_config_schema.json", "pbspro")),
-        OPTIONS,
-        user_runtime=RUNTIME,
-        mapped_identity=IDENTITY,
-        parent_config={},
-    )
-    assert isinstance(outcome, Rendered), outcome
-    return outcome.config
-
-
 def test_polaris_template_submits_the_expected_pbs_script(pbs_commands, tmp_path):
-    engine = build_engine(rendered_config().engine)
+    template, schema = scheduler_example("pbspro")
+    engine = build_engine(rendered(template, OPTIONS, schema).config.engine)
     engine.start("5fbe3a6d-0000-4b0e-8f2e-0e7f2c1c0a11", tmp_path)
     try:
         assert engine._executor.scale_out_facade(1), "the provider did not submit a block"
