@@ -27,12 +27,14 @@ text and NaN in JSON, and one such message must not stall everyone's results.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import typing as t
 import uuid
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service import broker_accounts, schema, store
@@ -120,8 +122,8 @@ def _read(raw: bytes, kind: type, queue: str) -> t.Any:
         raise Refused("malformed", f"unreadable message on the {queue} queue: {e}") from None
 
 
-def record_result(s: Session, topo: Topology, delivery: Delivery) -> Recorded:
-    """Store a result from the user endpoint that ran it; what to forward to its submitter."""
+def _checked(s: Session, topo: Topology, delivery: Delivery) -> tuple[schema.Task, t.Any]:
+    """The task a result is about and the result, if its sender is the task's endpoint."""
     sender = sender_id(delivery.routing_key, "results")
     _check_user_id(topo, delivery, broker_accounts.USER_ENDPOINT, sender)
     result = _read(delivery.body, messages.Result, "results")
@@ -135,17 +137,85 @@ def record_result(s: Session, topo: Topology, delivery: Delivery) -> Recorded:
             f"user endpoint {sender} sent a result for task {task_id},"
             f" which was sent to {task.user_endpoint_id}",
         )
+    return task, result
+
+
+def _outcome(result: t.Any) -> dict:
+    """The columns a result sets on its task."""
     text, details = storable_text(result.data), storable_json(result.details)
     if result.is_error:
-        done = store.finish_task(s, task_id, status="failed", exception=text, details=details)
-    else:
-        done = store.finish_task(s, task_id, status="success", result=text, details=details)
+        return {"status": "failed", "result": None, "exception": text, "details": details}
+    return {"status": "success", "result": text, "exception": None, "details": details}
+
+
+def _forward(
+    s: Session, topo: Topology, task: schema.Task, delivery: Delivery, done: bool, text: str
+) -> Recorded:
+    """Forward a result this message recorded, or one redelivered after it recorded it."""
     if not done and not (delivery.redelivered and text in (task.result, task.exception)):
-        log.info("result for task %s was already recorded; not forwarding it again", task_id)
+        log.info("result for task %s was already recorded; not forwarding it again", task.id)
         return Recorded()
     endpoint = s.get(schema.Endpoint, task.endpoint_id)
     queue = topo.sdk_queue(task.owner_id, task.task_group_id)
     return Recorded([Forward(queue, delivery.body, bool(endpoint and endpoint.high_assurance))])
+
+
+def record_result(s: Session, topo: Topology, delivery: Delivery) -> Recorded:
+    """Store a result from the user endpoint that ran it; what to forward to its submitter."""
+    task, result = _checked(s, topo, delivery)
+    outcome = _outcome(result)
+    done = store.finish_task(s, task.id, **outcome)
+    return _forward(s, topo, task, delivery, done, outcome["result"] or outcome["exception"])
+
+
+class Raced(Exception):
+    """A task of the batch was finished by someone else while the batch was recorded."""
+
+
+def record_results(s: Session, topo: Topology, deliveries: list[Delivery]) -> list[Recorded]:
+    """:func:`record_result` for a batch: two queries to load, one statement to store.
+
+    Raises :class:`Refused` if any message would be refused, and :class:`Raced`
+    if a task changed under the batch; the caller then records the messages one
+    by one, each with its own verdict.
+    """
+    loaded = _preload(s, deliveries)
+    checked = [(d, *_checked(s, topo, d)) for d in deliveries]
+    outcomes, fresh = [], {}
+    for _, task, result in checked:
+        outcome = _outcome(result)
+        outcomes.append(outcome)
+        if task.status not in store.TERMINAL and task.id not in fresh:
+            fresh[task.id] = outcome
+    if not store.finish_tasks(s, fresh):
+        raise Raced(f"{len(fresh)} tasks")
+    recorded = []
+    for (delivery, task, _), outcome in zip(checked, outcomes, strict=True):
+        done = fresh.pop(task.id, None) is outcome
+        text = outcome["result"] or outcome["exception"]
+        recorded.append(_forward(s, topo, task, delivery, done, text))
+    del loaded
+    return recorded
+
+
+def _preload(s: Session, deliveries: list[Delivery]) -> list[t.Any]:
+    """Load the tasks (and their endpoints) a batch of results is about, in two queries.
+
+    :func:`_checked` then finds them in the session instead of asking the
+    database once per message. The caller keeps the returned list for the
+    batch: the session holds unmodified objects only while someone else does.
+    A body that cannot be read is skipped here and refused by ``_checked``.
+    """
+    task_ids = []
+    for delivery in deliveries:
+        with contextlib.suppress(WireError):
+            task_ids.append(str(messages.unpack_as(delivery.body, messages.Result).task_id))
+    if not task_ids:
+        return []
+    tasks = list(s.scalars(select(schema.Task).where(schema.Task.id.in_(task_ids))))
+    endpoint_ids = {task.endpoint_id for task in tasks}
+    endpoints = s.scalars(select(schema.Endpoint).where(schema.Endpoint.id.in_(endpoint_ids)))
+    return [*tasks, *endpoints]
 
 
 def fail_unstorable(s: Session, topo: Topology, delivery: Delivery, problem: str) -> Recorded:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import typing as t
 
-from sqlalchemy import create_engine, delete, event, select, update
+from sqlalchemy import bindparam, create_engine, delete, event, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -112,7 +112,12 @@ def finish_task(
     exception: str | None = None,
     details: dict | None = None,
 ) -> bool:
-    """Record a task's outcome once; False if the task is unknown or already done."""
+    """Record a task's outcome once; False if the task is unknown or already done.
+
+    The UPDATE does not touch Task objects already loaded in the session: with
+    hundreds loaded (a batch of results), matching each UPDATE against all of
+    them in Python would cost more than the database round trip.
+    """
     done = s.execute(
         update(schema.Task)
         .where(schema.Task.id == task_id, schema.Task.status.not_in(TERMINAL))
@@ -123,8 +128,47 @@ def finish_task(
             details=details,
             completion_t=time.time(),
         )
+        .execution_options(synchronize_session=False)
     )
     return done.rowcount == 1
+
+
+def finish_tasks(s: Session, outcomes: dict[str, dict]) -> bool:
+    """:func:`finish_task` for many tasks in one executemany; True if every one was
+    still unfinished and is now recorded.
+
+    Each row keeps :func:`finish_task`'s guard (not already finished). A total
+    below the number of tasks means another transaction finished one first; the
+    caller must then roll back and take the tasks one at a time. Drivers that
+    cannot count rows across an executemany get that slower path every time.
+    """
+    if not outcomes:
+        return True
+    if not s.get_bind().dialect.supports_sane_multi_rowcount:
+        return False
+    table = schema.Task.__table__
+    statement = (
+        table.update()
+        .where(table.c.id == bindparam("task_id"), *(table.c.status != t for t in TERMINAL))
+        .values(
+            status=bindparam("new_status"),
+            result=bindparam("new_result"),
+            exception=bindparam("new_exception"),
+            details=bindparam("new_details", type_=table.c.details.type),
+            completion_t=time.time(),
+        )
+    )
+    rows = [
+        {
+            "task_id": task_id,
+            "new_status": o["status"],
+            "new_result": o["result"],
+            "new_exception": o["exception"],
+            "new_details": o["details"],
+        }
+        for task_id, o in outcomes.items()
+    ]
+    return s.connection().execute(statement, rows).rowcount == len(rows)
 
 
 def purge_expired_tokens(s: Session, now: float) -> None:

@@ -207,6 +207,11 @@ class RefusesOneTask(Forwarder):
 
         return super()._record(kind, broken, delivery)
 
+    def _record_together(self, s, batch):
+        if any(RefusesOneTask.poison.encode() in p.delivery.body for p in batch):
+            raise RuntimeError("cannot store this batch")
+        return super()._record_together(s, batch)
+
 
 def test_an_unstorable_result_is_an_explicit_error_not_a_redelivery_loop(db_url):
     with private_vhost("fwd") as admin_url:
@@ -260,3 +265,96 @@ def test_recording_makes_text_and_json_storable():
     assert recording.storable_json({"x\x00": [math.inf, "n\x00", 1.5, None]}) == {
         "x\\x00": [None, "n\\x00", 1.5, None]
     }
+
+
+class CountsBatches(Forwarder):
+    """Counts the results recorded together, in batches of more than one."""
+
+    together = 0
+
+    def _record_together(self, s, batch):
+        recorded = super()._record_together(s, batch)
+        if len(batch) > 1:
+            CountsBatches.together += sum(p.kind == "result" for p in batch)
+        return recorded
+
+
+def test_a_batch_records_each_result_once_and_one_bad_message_costs_only_itself(db_url):
+    """Results waiting before the forwarder starts arrive in batches and are recorded
+    together; a batch holding a duplicate, a result from the wrong user endpoint and a
+    heartbeat is recorded message by message, each with its own verdict."""
+    CountsBatches.together = 0
+    with private_vhost("fwd") as admin_url:
+        harness = Harness(admin_url, db_url, CountsBatches)
+        try:
+            uep, other = harness.user_endpoint(), harness.user_endpoint()
+            clean = [harness.task(uep) for _ in range(300)]
+            for i, task_id in enumerate(clean):
+                harness.result(uep, ok(task_id, i))
+            harness.start()
+            _assert_forwarded_once(harness, clean)
+            assert CountsBatches.together >= 200, "the results were not recorded in batches"
+            mixed = [harness.task(uep) for _ in range(50)]
+            harness.forwarder.stop()
+            for i, task_id in enumerate(mixed):
+                harness.result(uep, ok(task_id, i))
+            harness.result(uep, ok(mixed[3], "a second answer"))
+            harness.result(other, ok(mixed[5], "not yours"))
+            harness.report(uep, uep, {"heartbeat_period": 30})
+            harness.forwarder = CountsBatches(harness.topo, harness.sessions)
+            harness.start()
+            _assert_forwarded_once(harness, mixed)
+            with harness.sessions() as s:
+                counts = {(r.kind, r.reason): r.count for r in store.dropped_counts(s)}
+            assert counts == {("result", "not_the_tasks_endpoint"): 1}
+            assert harness.heartbeat_of(uep)
+        finally:
+            harness.close()
+
+
+def _assert_forwarded_once(harness: Harness, tasks: list[str]) -> None:
+    """Task ``i`` of ``tasks`` succeeded with ``i``, stored and forwarded exactly once."""
+    for i, task_id in enumerate(tasks):
+        assert [serializer.deserialize(r.data) for r in harness.forwarded(task_id)] == [i]
+    with harness.sessions() as s:
+        stored = s.query(schema.Task).filter(schema.Task.id.in_(tasks))
+        assert {t.id: serializer.deserialize(t.result) for t in stored} == {
+            task_id: i for i, task_id in enumerate(tasks)
+        }
+
+
+def test_finishing_many_tasks_keeps_the_guard_against_finishing_one_twice(db_url):
+    sessions = store.open_database(db_url)
+    try:
+        with sessions.begin() as s:
+            s.add(schema.TaskGroup(id="g", owner_id="o"))
+            s.flush()
+            for task_id in ("a", "b"):
+                s.add(
+                    schema.Task(
+                        id=task_id,
+                        task_group_id="g",
+                        owner_id="o",
+                        function_id="f",
+                        endpoint_id="e",
+                        user_endpoint_id="u",
+                        created_t=1.0,
+                    )
+                )
+        outcome = {"status": "success", "result": "r", "exception": None, "details": {"k": 1}}
+        with sessions.begin() as s:
+            assert store.finish_tasks(s, {"a": outcome})
+        with sessions.begin() as s:
+            assert not store.finish_tasks(s, {"a": outcome, "b": outcome}), "a was already done"
+            s.rollback()
+        with sessions() as s:
+            a, b = s.get(schema.Task, "a"), s.get(schema.Task, "b")
+            assert (a.status, a.result, a.details, b.status) == (
+                "success",
+                "r",
+                {"k": 1},
+                store.PENDING,
+            )
+            assert a.completion_t and b.completion_t is None
+    finally:
+        store.dispose(sessions)
