@@ -6,10 +6,14 @@ import datetime as dt
 
 
 def when(epoch: float | None) -> str:
-    """An instant in UTC, to the second; a dash when it has not happened."""
+    """An instant in UTC, to the second; a dash when it has not happened, or is no date
+    (a heartbeat's ``start_unix`` comes from a researcher's process: it may be anything)."""
     if epoch is None:
         return "—"
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError, TypeError):
+        return "—"
 
 
 def span(seconds: float | None) -> str:

@@ -80,6 +80,13 @@ def test_a_running_user_endpoint_is_running_since_it_started():
     assert views.user_endpoint_state(row, NOW) == ("running", NOW - 60)
 
 
+def test_a_hostile_heartbeat_cannot_break_the_admins_page():
+    state = {**RUNNING, "start_unix": 1e300, "outstanding_tasks": "many", "config_raw": 7}
+    row = uep("al", last_heartbeat=NOW - 1, heartbeat_period=5, last_state=state)
+    shown = views.user_endpoint_row(row, "alice@uni.edu", {}, admin=True, now=NOW)
+    assert (shown.since, shown.running, shown.config) == ("—", None, None)
+
+
 def test_counts_split_pending_from_done_and_failed():
     counts = {"waiting-for-ep": 3, "success": 5, "failed": 2}
     row = views.user_endpoint_row(uep("al"), "alice@uni.edu", counts, admin=False, now=NOW)
@@ -136,6 +143,7 @@ def test_form_fields_take_the_first_value_and_cut_long_ones():
 
 def test_times_durations_and_sizes_read_well():
     assert display.when(0) == "1970-01-01 00:00:00 UTC" and display.when(None) == "—"
+    assert display.when(1e300) == display.when(-1e20) == display.when(float("nan")) == "—"
     assert [display.span(s) for s in (0.123, 42, 185, 7300, -1)] == [
         "0.12 s",
         "42 s",
