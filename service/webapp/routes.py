@@ -187,9 +187,8 @@ def endpoint(endpoint_id: str, me: Viewer = VIEWER, s: Session = DB) -> HTMLResp
     if ep is None or not access.can_see(ep, me.who.identities):
         return not_found("endpoint", me)
     admin = access.can_manage(ep, me.who.identities)
-    ueps = views.visible_user_endpoints(
-        ep, queries.user_endpoints_of(s, [ep.id]), me.who.identities
-    )
+    every = queries.user_endpoints_of(s, [ep.id])
+    ueps = views.visible_user_endpoints(ep, every, me.who.identities)
     counts = queries.task_counts(s, (u.id for u in ueps))
     names = queries.usernames(s, [ep.owner_id, *(u.identity_id for u in ueps)])
     rows = [
@@ -198,11 +197,8 @@ def endpoint(endpoint_id: str, me: Viewer = VIEWER, s: Session = DB) -> HTMLResp
         )
         for u in ueps
     ]
-    finished = queries.finished_since(s, ep.id, now - HOUR_S, None if admin else me.who.identity_id)
-    throughput = charts.throughput_chart(charts.per_minute(((d, st) for _, d, st in finished), now))
-    latency = charts.latency_chart(charts.latency_bins(d - c for c, d, _ in finished))
     summary = views.endpoint_row(
-        ep, names.get(ep.owner_id, ep.owner_id), ueps, me.who.identities, now
+        ep, names.get(ep.owner_id, ep.owner_id), every, me.who.identities, now
     )
     return page(
         "endpoint.html",
@@ -211,8 +207,16 @@ def endpoint(endpoint_id: str, me: Viewer = VIEWER, s: Session = DB) -> HTMLResp
         metadata=(ep.metadata_ or {}) if admin else {},
         admin=admin,
         user_endpoints=rows,
-        charts=[throughput, latency],
+        charts=_charts(s, ep.id, None if admin else me.who.identity_id, now),
     )
+
+
+def _charts(s: Session, endpoint_id: str, owner_id: str | None, now: float) -> list:
+    """The last hour's charts: of everyone's tasks for an admin, else of the viewer's own."""
+    finished = queries.finished_since(s, endpoint_id, now - HOUR_S, owner_id)
+    throughput = charts.per_minute(((done, status) for _, done, status in finished), now)
+    latencies = charts.latency_bins(done - sent for sent, done, _ in finished)
+    return [charts.throughput_chart(throughput), charts.latency_chart(latencies)]
 
 
 # ---- tasks ---------------------------------------------------------------------------
