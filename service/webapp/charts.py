@@ -78,6 +78,12 @@ def bin_names() -> list[str]:
     return [f"<{edges[0]}"] + [f"{a}-{b}" for a, b in itertools.pairwise(edges)] + [f"≥{edges[-1]}"]
 
 
+def axis_names() -> list[str]:
+    """Each bin by its upper edge: short enough to sit under its bar."""
+    edges = [_short(e) for e in LATENCY_EDGES]
+    return [f"<{e}" for e in edges] + [f"≥{edges[-1]}"]
+
+
 def _short(seconds: float) -> str:
     if seconds >= 60:
         return f"{seconds / 60:g}m"
@@ -113,13 +119,14 @@ def throughput_chart(counts: dict[str, list[int]]) -> Chart:
     labels = [*_axis(top)]
     for minutes_ago in (60, 45, 30, 15, 0):
         x = PAD_LEFT + (MINUTES - minutes_ago) * step
-        labels.append(Label(x, HEIGHT - 8, f"-{minutes_ago} min" if minutes_ago else "now"))
+        text, anchor = (f"-{minutes_ago} min", "middle") if minutes_ago else ("now", "end")
+        labels.append(Label(x, HEIGHT - 8, text, anchor))
     return Chart("Tasks finished per minute, last hour", bars, labels, sum(totals))
 
 
 def latency_chart(bins: list[int]) -> Chart:
     """One bar per latency bin, labelled with its range."""
-    names, top = bin_names(), max(bins, default=0)
+    names, axis, top = bin_names(), axis_names(), max(bins, default=0)
     scale, step = _scale(top), (WIDTH - PAD_LEFT) / len(bins)
     bars, labels = [], [*_axis(top)]
     for i, n in enumerate(bins):
@@ -128,5 +135,5 @@ def latency_chart(bins: list[int]) -> Chart:
             h = n * scale
             title = f"{n} task(s) took {names[i]}"
             bars.append(Bar(x + 2, HEIGHT - PAD_BOTTOM - h, step - 4, h, "latency", title))
-        labels.append(Label(x + step / 2, HEIGHT - 8, names[i]))
+        labels.append(Label(x + step / 2, HEIGHT - 8, axis[i]))
     return Chart("Submitted → completed, last hour", bars, labels, sum(bins))

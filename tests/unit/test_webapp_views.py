@@ -169,7 +169,8 @@ def test_latencies_fall_in_half_open_bins():
     names = charts.bin_names()
     assert len(bins) == len(names) == len(charts.LATENCY_EDGES) + 1
     assert bins[0] == 1 and bins[1] == 1 and bins[3] == 1 and bins[4] == 1 and bins[-1] == 1
-    assert names[0] == "<0.1s" and names[-1] == "≥30m"
+    assert names[0] == "<0.1s" and names[1] == "0.1s-0.25s" and names[-1] == "≥30m"
+    assert charts.axis_names()[1] == "<0.25s" and len(charts.axis_names()) == len(names)
 
 
 def test_chart_bars_stay_inside_the_drawing_and_scale_to_the_busiest_minute():
