@@ -73,9 +73,12 @@ def chromium():
 
 
 @pytest.fixture(scope="module")
-def shots(tmp_path_factory):
+def shots(tmp_path_factory, request):
+    """Where the screenshots go; named in the test output even when it is captured."""
     directory = tmp_path_factory.mktemp("screenshots")
-    print(f"\nweb app screenshots: {directory}")
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"web app screenshots: {directory}")
     return directory
 
 
