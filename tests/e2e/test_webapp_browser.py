@@ -76,9 +76,9 @@ def chromium():
 def shots(tmp_path_factory, request):
     """Where the screenshots go; named in the test output even when it is captured."""
     directory = tmp_path_factory.mktemp("screenshots")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"web app screenshots: {directory}")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print(f"\nweb app screenshots: {directory}")
     return directory
 
 
