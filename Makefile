@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 OFFICIAL_VENV ?= $(VENV_ROOT)/official-endpoint-4.19
 OFFICIAL_ENDPOINT := $(OFFICIAL_VENV)/bin/globus-compute-endpoint
 
-.PHONY: all venv install services slurm official-endpoint test lint demo soak rpm clean
+.PHONY: all venv install services slurm chromium official-endpoint test lint demo soak rpm clean
 
 all: test
 
@@ -61,11 +61,17 @@ lint: venv
 slurm:
 	@packaging/dev/ensure-slurm.sh
 
-test: install services slurm official-endpoint lint
+# Debian's Chromium, driven headless by the web app's browser tests (never a download).
+chromium:
+	@packaging/dev/ensure-chromium.sh
+
+test: install services slurm official-endpoint chromium lint
 	COMPUTE_AGENT_OFFICIAL_ENDPOINT="$(OFFICIAL_ENDPOINT)" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# KEEP=1 leaves the service (and its web app) running on the demo's data.
+KEEP ?=
 demo: install services
-	$(BIN)/python -m bench.demo
+	$(BIN)/python -m bench.demo $(if $(KEEP),--keep)
 
 # Several minutes of load on one manager (not part of `make test`): 50 identities
 # at once, then CYCLES user endpoint start/stop cycles with the manager's memory,

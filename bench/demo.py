@@ -8,11 +8,15 @@
 3. start the manager as root with ``compute-endpoint start``;
 4. run unmodified official-SDK code as the researcher (configured only by
    environment variables) and print who the function ran as;
-5. stop everything and remove the account.
+5. print the web app's address and the credentials to sign in with;
+6. stop everything and remove the account, or, with ``--keep`` (``make demo
+   KEEP=1``), leave the service and its data running so the web app can be
+   looked at, and print how to stop it.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import json
@@ -37,9 +41,19 @@ def where_am_i(x):
     import getpass, os, socket
     return {"user": getpass.getuser(), "uid": os.getuid(), "host": socket.gethostname(), "x": x}
 
+def fails():
+    raise ValueError("a failure to read in the web app")
+
 with Executor(endpoint_id=sys.argv[1], user_endpoint_config={"label": "demo"}) as ex:
     futures = [ex.submit(where_am_i, i) for i in range(3)]
-    print(json.dumps([f.result(timeout=120) for f in futures]))
+    failing = ex.submit(fails)
+    ran = [f.result(timeout=120) for f in futures]
+    try:
+        failing.result(timeout=120)
+        failed = "it did not fail"
+    except Exception as e:
+        failed = str(e).strip().splitlines()[-1].strip()
+    print(json.dumps({"ran": ran, "failed": failed}))
 """
 TEMPLATE = """\
 heartbeat_period: 5
@@ -154,15 +168,46 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def web_app_note(service: RunningService, people: dict[str, dict]) -> None:
+    say(f"web app: open {service.url}/app/ and sign in with")
+    for who, client in people.items():
+        say(f"  {who}: Client ID {client['client_id']}")
+        say(f"  {' ' * len(who)}  Client secret {client['client_secret']}")
+
+
+def _leave_running(service: RunningService, root: Path, amqp: str, started: float) -> None:
+    """Exit at once, leaving the service, its database and its broker vhost behind.
+
+    ``os._exit`` on purpose: a normal exit would run the clean-ups of the
+    temporary directory and the vhost (context managers and finalizers), which
+    are now the admin's to run, with the command printed here.
+    """
+    vhost = amqp.rsplit("/", 1)[1]
+    say(f"the service keeps running (pid {service.process.pid}); data in {root}")
+    say(f"stop it with: kill {service.process.pid}; rm -rf {root}")
+    say(
+        "and remove its broker vhost and the accounts it made there: for u in"
+        f" $(rabbitmqctl -q list_permissions -p {vhost} --no-table-headers | cut -f1);"
+        f' do rabbitmqctl -q delete_user "$u"; done; rabbitmqctl -q delete_vhost {vhost}'
+    )
+    say(f"done in {time.perf_counter() - started:.1f} s")
+    sys.stdout.flush()
+    os._exit(0)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="leave the service running")
+    keep = parser.parse_args().keep
     if os.geteuid() != 0:
         raise SystemExit("[demo] run as root: it creates a local account and starts a root manager")
     started = time.perf_counter()
-    with (
-        tempfile.TemporaryDirectory(prefix="compute-agent-demo-") as tmp,
-        private_vhost("demo") as amqp,
-    ):
-        root = Path(tmp)
+    with contextlib.ExitStack() as cleanup:
+        root = Path(
+            cleanup.enter_context(tempfile.TemporaryDirectory(prefix="compute-agent-demo-"))
+        )
+        amqp = cleanup.enter_context(private_vhost("demo"))
+        cleanup.enter_context(port_5000())
         service = RunningService(
             SDK_PORT, f"sqlite:///{root / 'service.db'}", amqp, root / "service.log"
         )
@@ -188,12 +233,20 @@ def main() -> None:
                         service, researcher, GLOBUS_COMPUTE_USER_DIR=str(root / "sdk")
                     )
                     done = run(sys.executable, str(code), endpoint_id, env=sdk_env, timeout=240)
-                    for row in json.loads(done.stdout.strip().splitlines()[-1]):
+                    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+                    for row in outcome["ran"]:
                         say(
                             f"task {row['x']} ran as {row['user']} (uid {row['uid']}) on {row['host']}"
                         )
-        finally:
+                    say(f"and one task failed, as it should: {outcome['failed']}")
+            web_app_note(service, {"researcher@uni.edu": researcher, "admin@site.org": admin})
+        except BaseException:
             service.stop()
+            raise
+        if keep:
+            _leave_running(service, root, amqp, started)
+        service.stop()
+        say("the service stopped; `make demo KEEP=1` keeps it running for the web app")
     say(f"done in {time.perf_counter() - started:.1f} s")
 
 

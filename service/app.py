@@ -28,6 +28,7 @@ from service.housekeeper import Housekeeper
 from service.login_limits import LoginLimits
 from service.request_limits import RequestLimits
 from service.routing import Topology
+from service.webapp.install import install as install_webapp
 
 log = logging.getLogger(__name__)
 MIN_SDK_VERSION = "2.0.0"
@@ -116,4 +117,5 @@ def create_app(settings: Settings) -> FastAPI:
 
     for module in (routes_auth, routes_functions, routes_endpoints, routes_tasks):
         app.include_router(module.router)
+    install_webapp(app)
     return app

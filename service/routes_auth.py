@@ -50,9 +50,8 @@ def basic_credentials(header: str) -> tuple[str, str] | None:
 async def token(request: Request, svc: Service = SERVICE) -> JSONResponse:
     """Trade client credentials for bearer tokens (client_credentials grant only).
 
-    The secret check (scrypt) and the database run on a worker thread: a slow
-    hash must not hold up every other request on the event loop. Wrong secrets
-    are limited per client id and per address (:mod:`service.login_limits`).
+    Wrong secrets are limited per client id and per address
+    (:mod:`service.login_limits`), in :func:`exchange`.
     """
     form = urllib.parse.parse_qs((await request.body()).decode(errors="replace"))
     field = {k: v[0] for k, v in form.items()}
@@ -63,24 +62,51 @@ async def token(request: Request, svc: Service = SERVICE) -> JSONResponse:
         return _oauth_error(401, "invalid_client", "send client credentials with HTTP Basic auth")
     if field.get("grant_type") != "client_credentials":
         return _oauth_error(400, "unsupported_grant_type", "only client_credentials is supported")
-    client_id, address = credentials[0][:64], request.client.host if request.client else "?"
+    address = request.client.host if request.client else "?"
+    try:
+        issued = await exchange(svc, credentials, field.get("scope", ""), address)
+    except TooManyFailures as e:
+        return _too_many(e.wait)
+    except auth.AuthError as e:
+        kind = "invalid_client" if e.status == 401 else "invalid_scope"
+        return _oauth_error(e.status, kind, str(e))
+    first, *others = (i.as_response() for i in issued)
+    return JSONResponse({**first, "other_tokens": others})
+
+
+class TooManyFailures(Exception):
+    """Too many wrong secrets for this client id or from this address; ``wait`` seconds."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"too many failed attempts; try again in {int(wait + 0.999)} s")
+        self.wait = wait
+
+
+async def exchange(
+    svc: Service, credentials: tuple[str, str], scope: str, address: str
+) -> list[auth.Issued]:
+    """Client credentials -> tokens, under the login limits; the one check every sign-in uses.
+
+    The secret check (scrypt) and the database run on a worker thread: a slow
+    hash must not hold up every other request on the event loop. Raises
+    :class:`TooManyFailures` or :class:`auth.AuthError`.
+    """
+    client_id = credentials[0][:64]
     wait = svc.logins.retry_after(client_id, address)
     if wait is not None:
         log.warning(
             "token request from %s for client %s refused: too many failures", address, client_id
         )
-        return _too_many(wait)
+        raise TooManyFailures(wait)
     try:
-        issued = await run_in_threadpool(_issue, svc, credentials, field.get("scope", ""))
+        issued = await run_in_threadpool(_issue, svc, credentials, scope)
     except auth.AuthError as e:
         if e.status == 401:
             _count_failure(svc, client_id, address)
         log.info("token request refused for client %s: %s", client_id, e)
-        kind = "invalid_client" if e.status == 401 else "invalid_scope"
-        return _oauth_error(e.status, kind, str(e))
+        raise
     svc.logins.succeeded(client_id)
-    first, *others = (i.as_response() for i in issued)
-    return JSONResponse({**first, "other_tokens": others})
+    return issued
 
 
 def _issue(svc: Service, credentials: tuple[str, str], scope: str) -> list[auth.Issued]:
