@@ -33,17 +33,18 @@ MAPPING = [
         "mappings": [{"source": "{username}", "match": "(.*)@bench\\.local", "output": "{0}"}],
     }
 ]
-# One template for both managers; only the engine and its worker count vary.
+# One template for both managers; only the engine and its worker count vary. Both
+# managers hand user strings to the template JSON-quoted, so they compare as '"x"'.
 TEMPLATE = """\
 {%- set kind = engine | default("GlobusComputeEngine") %}
 heartbeat_period: 10
 idle_heartbeats_soft: 60
 idle_heartbeats_hard: 5760
 engine:
-{%- if kind == "ProcessPoolEngine" %}
+{%- if kind == '"ProcessPoolEngine"' %}
   type: ProcessPoolEngine
   max_workers: {{ workers | default(1) }}
-{%- elif kind == "ThreadPoolEngine" %}
+{%- elif kind == '"ThreadPoolEngine"' %}
   type: ThreadPoolEngine
   max_workers: {{ workers | default(1) }}
 {%- else %}

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from templates.paths import user_endpoint_paths
 from templates.pidfile import AlreadyRunning, PidFile
+from uep import lean_parsl
 from uep.payload import LaunchPayload, PayloadError, credential_source, parse_payload
 from wire.amqp import install_redaction
 from wire.queue_info import AmqpCreds
@@ -160,6 +161,7 @@ def exit_now(status: int) -> None:
 
 def main(name: str) -> int:
     """``_start-user-endpoint NAME``: the exit status of the user endpoint."""
+    lean_parsl.install()
     _configure_logging(os.environ.get("GC_UEP_DEBUG") == "1")
     if sys.stdin.isatty():
         log.error("_start-user-endpoint reads its launch payload from a pipe, not a terminal")

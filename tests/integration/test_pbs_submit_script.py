@@ -79,7 +79,9 @@ def test_polaris_template_submits_the_expected_pbs_script(pbs_commands, tmp_path
     ]
     # The pool each rank runs: this Python, four workers pinned one per GPU.
     pool = re.search(
-        r"^(\S+) -m parsl\.executors\.high_throughput\.process_worker_pool (.*)$", script, re.M
+        r"^(\S+) -m uep\.lean_parsl parsl\.executors\.high_throughput\.process_worker_pool (.*)$",
+        script,
+        re.M,
     )
     assert pool and pool.group(1) == sys.executable
     args = pool.group(2)

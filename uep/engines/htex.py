@@ -3,19 +3,20 @@
 Two fixes over the official engine, both for cold start: the first block is
 requested as soon as the executor is up (the status poller's first tick would
 come one ``strategy_period`` later), and the interchange and worker pool are
-launched as ``sys.executable -m ...`` instead of through a console script.
+launched as ``sys.executable -m ...`` instead of through a console script
+(through :mod:`uep.lean_parsl`, which spares them SQLAlchemy).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import sys
 import threading
 import typing as t
 from concurrent.futures import Future
 from pathlib import Path
 
+from uep import lean_parsl
 from uep.engines.base import Engine, ResourceSpecError
 
 WORKER_POOL = "parsl.executors.high_throughput.process_worker_pool"
@@ -26,7 +27,7 @@ UNSUPPORTED = ("container_type", "container_uri", "container_cmd_options")
 def worker_launch_cmd(default: str) -> str:
     """Parsl's default worker command, run by this interpreter as a module."""
     _, _, arguments = default.partition(" ")
-    return f"{sys.executable} -m {WORKER_POOL} {arguments}"
+    return " ".join([*lean_parsl.command(WORKER_POOL), arguments])
 
 
 class GlobusComputeEngine(Engine):
@@ -94,7 +95,7 @@ class GlobusComputeEngine(Engine):
             **options,
         )
         # Set after construction: MPIExecutor's signature types this as a str.
-        executor.interchange_launch_cmd = [sys.executable, "-m", INTERCHANGE]
+        executor.interchange_launch_cmd = lean_parsl.command(INTERCHANGE)
         return executor
 
     @property

@@ -1,0 +1,58 @@
+"""Parsl imported the lean way loads no SQLAlchemy, and a task can still import it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from uep import lean_parsl
+
+PROBE = """
+import json, sys
+{setup}
+import parsl.executors.high_throughput.process_worker_pool
+from parsl.monitoring import monitoring
+loaded_with_parsl = "sqlalchemy" in sys.modules
+import sqlalchemy
+missing = type(monitoring._db_manager_excepts).__name__
+print(json.dumps([loaded_with_parsl, missing, sqlalchemy.__name__]))
+"""
+
+
+def _run(setup: str) -> list:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE.format(setup=setup)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_parsl_alone_loads_sqlalchemy_here():
+    """The premise: in this environment Parsl's probe finds SQLAlchemy and loads it."""
+    assert _run("") == [True, "NoneType", "sqlalchemy"]
+
+
+def test_lean_parsl_hides_it_from_the_probe_only():
+    """Parsl sees what it sees where SQLAlchemy is not installed (as in the official
+    endpoint's environment); the researcher's import afterwards works."""
+    assert _run("from uep import lean_parsl; lean_parsl.install()") == [
+        False,
+        "OptionalModuleMissing",
+        "sqlalchemy",
+    ]
+
+
+def test_a_program_run_through_it_gets_its_arguments(tmp_path):
+    done = subprocess.run(
+        [*lean_parsl.command("json.tool"), "--compact"],
+        input='{"a": [1, 2]}',
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == '{"a":[1,2]}'
