@@ -19,6 +19,7 @@ with 409 while it runs.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
 
@@ -61,6 +62,7 @@ def _current(s: Session, action: schema.Action) -> actions.Outcome:
     state = actions.outcome(action, tasks)
     if state.complete and action.completion_time is None:
         action.completion_time = schema.utcnow()
+        action.release_at = action.completion_time + dt.timedelta(seconds=action.release_after_s)
     return state
 
 

@@ -231,4 +231,6 @@ class Action(Base):
     release_after_s: Mapped[int] = mapped_column(Integer)
     start_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     completion_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # completion_time + release_after: the housekeeper forgets the action then.
+    release_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     cancelled: Mapped[bool] = mapped_column(Boolean, default=False)
