@@ -22,7 +22,7 @@ import re
 import typing as t
 import uuid
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service import bodies, schema
 from wire import serializer
@@ -63,6 +63,76 @@ class ComputeActionBody(BaseModel):
     )
 
 
+class V2Call(BaseModel):
+    """One call in the V2 input: ``payload`` is the older spelling of ``kwargs``."""
+
+    model_config = ConfigDict(extra="forbid")
+    endpoint: uuid.UUID
+    function: uuid.UUID
+    args: t.Any = None
+    kwargs: dict[str, t.Any] | None = None
+    payload: dict[str, t.Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_kwargs(self) -> V2Call:
+        if self.kwargs is not None and self.payload is not None:
+            raise ValueError("give kwargs or payload (its older name), not both")
+        return self
+
+    def as_v3(self) -> ActionTask:
+        args = [] if self.args is None else self.args
+        return ActionTask(
+            function_id=self.function,
+            args=args if isinstance(args, list) else [args],
+            kwargs=self.kwargs if self.kwargs is not None else (self.payload or {}),
+        )
+
+
+class ComputeActionBodyV2(BaseModel):
+    """Run registered functions on a Globus Compute endpoint (the hosted provider's V2 input):
+    one call in the body, a list in ``tasks``, or both; here every call names one endpoint."""
+
+    model_config = ConfigDict(extra="forbid", title="Globus Compute action (V2)")
+    endpoint: uuid.UUID | None = None
+    function: uuid.UUID | None = None
+    args: t.Any = None
+    kwargs: dict[str, t.Any] | None = None
+    payload: dict[str, t.Any] | None = None
+    tasks: list[V2Call] = Field(default_factory=list, max_length=MAX_TASKS_PER_ACTION)
+
+    @model_validator(mode="after")
+    def _calls(self) -> ComputeActionBodyV2:
+        if (self.endpoint is None) != (self.function is None):
+            raise ValueError("endpoint and function go together")
+        calls = self.calls()
+        if not calls:
+            raise ValueError("no call: give endpoint and function, or a list of tasks")
+        if len(calls) > MAX_TASKS_PER_ACTION:
+            raise ValueError(f"at most {MAX_TASKS_PER_ACTION} calls in one action")
+        if len({c.endpoint for c in calls}) > 1:
+            raise ValueError(
+                "every call of one action must name the same endpoint here;"
+                " run one action per endpoint, or use the V3 input"
+            )
+        return self
+
+    def calls(self) -> list[V2Call]:
+        if self.endpoint is None or self.function is None:
+            return list(self.tasks)
+        first = V2Call(
+            endpoint=self.endpoint,
+            function=self.function,
+            args=self.args,
+            kwargs=self.kwargs,
+            payload=self.payload,
+        )
+        return [first, *self.tasks]
+
+    def as_v3(self) -> ComputeActionBody:
+        calls = self.calls()
+        return ComputeActionBody(endpoint_id=calls[0].endpoint, tasks=[c.as_v3() for c in calls])
+
+
 class ActionRequest(BaseModel):
     """The Action Provider interface's run request."""
 
@@ -86,6 +156,10 @@ class ActionRequest(BaseModel):
         if value is not None:
             release_after_seconds(value)
         return value
+
+
+class ActionRequestV2(ActionRequest):
+    body: ComputeActionBodyV2
 
 
 def release_after_seconds(value: str | None) -> int:
@@ -248,8 +322,8 @@ def status_doc(action: schema.Action, state: Outcome) -> dict:
     return doc
 
 
-def introspection(scope: str, admin_contact: str) -> dict:
-    """What ``GET /actions/v3/`` answers: the provider and its input schema."""
+def introspection(scope: str, admin_contact: str, body: type[BaseModel]) -> dict:
+    """What ``GET /actions/v3/`` (or ``v2``) answers: the provider and its input schema."""
     return {
         "types": ["Action"],
         "api_version": "1.0",
@@ -268,5 +342,5 @@ def introspection(scope: str, admin_contact: str) -> dict:
         "synchronous": False,
         "log_supported": False,
         "maximum_deadline": iso_duration(DEFAULT_RELEASE_AFTER_S),
-        "input_schema": ComputeActionBody.model_json_schema(),
+        "input_schema": body.model_json_schema(),
     }

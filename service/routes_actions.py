@@ -1,5 +1,8 @@
 """The Globus Flows action provider at ``/actions/v3``: introspect, run, status, cancel, release.
 
+``/actions/v2`` takes the hosted provider's V2 input (``endpoint``, ``function``,
+``payload``...) and turns it into the V3 shape; both share actions and routes.
+
 A run submits its tasks through ``routes_tasks.submit_tasks``, the path the
 SDK's submit takes, as the caller's own identity: the endpoint must be visible,
 its authentication policy satisfied, every function allowed, and the endpoint's
@@ -34,15 +37,22 @@ from service.errors import ApiError
 from service.routes_tasks import submit_tasks
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/actions/v3", tags=["actions"])
 ADMIN_CONTACT = "the administrator of this compute service"
+V3 = APIRouter(prefix="/actions/v3", tags=["actions"])
+V2 = APIRouter(prefix="/actions/v2", tags=["actions"])
 
 
-@router.get("")
-@router.get("/", include_in_schema=False)
+@V3.get("")
+@V3.get("/", include_in_schema=False)
 def introspect() -> dict:
     """Public, like the hosted provider's: Flows reads the scope and input schema here."""
-    return actions.introspection(auth.COMPUTE_SCOPE, ADMIN_CONTACT)
+    return actions.introspection(auth.COMPUTE_SCOPE, ADMIN_CONTACT, actions.ComputeActionBody)
+
+
+@V2.get("")
+@V2.get("/", include_in_schema=False)
+def introspect_v2() -> dict:
+    return actions.introspection(auth.COMPUTE_SCOPE, ADMIN_CONTACT, actions.ComputeActionBodyV2)
 
 
 def _principals(who: auth.Caller) -> set[str]:
@@ -83,19 +93,40 @@ def _replay(
         return actions.status_doc(found, _current(s, found))
 
 
-@router.post("/run", status_code=202)
+@V3.post("/run", status_code=202)
 def run(
     request: actions.ActionRequest,
     response: Response,
     who: auth.Caller = CALLER,
     svc: Service = SERVICE,
 ) -> dict:
+    return _start(request, request.body, response, who, svc)
+
+
+@V2.post("/run", status_code=202)
+def run_v2(
+    request: actions.ActionRequestV2,
+    response: Response,
+    who: auth.Caller = CALLER,
+    svc: Service = SERVICE,
+) -> dict:
+    return _start(request, request.body.as_v3(), response, who, svc)
+
+
+def _start(
+    request: actions.ActionRequest,
+    body: actions.ComputeActionBody,
+    response: Response,
+    who: auth.Caller,
+    svc: Service,
+) -> dict:
+    """Start the action ``request`` asks for (``body`` in the V3 shape), or find it again."""
     digest = actions.request_digest(request)
     replayed = _replay(svc, who, request, digest)
     if replayed is not None:
         response.status_code = 200
         return replayed
-    submission, positions = actions.submission_for(request.body)
+    submission, positions = actions.submission_for(body)
     action_id = str(uuid.uuid4())
 
     def journal(s: Session, group: schema.TaskGroup, ids: dict[str, list[str]]) -> None:
@@ -115,7 +146,7 @@ def run(
         )
 
     try:
-        submit_tasks(svc, who, str(request.body.endpoint_id), submission, journal)
+        submit_tasks(svc, who, str(body.endpoint_id), submission, journal)
     except IntegrityError:
         replayed = _replay(svc, who, request, digest)
         if replayed is None:
@@ -149,14 +180,12 @@ def _managed(s: Session, who: auth.Caller, action_id: str, verb: str) -> schema.
     return action
 
 
-@router.get("/{action_id}/status")
 def status(action_id: str, who: auth.Caller = CALLER, svc: Service = SERVICE) -> dict:
     with svc.sessions.begin() as s:
         action = _visible(s, who, action_id)
         return actions.status_doc(action, _current(s, action))
 
 
-@router.post("/{action_id}/cancel")
 def cancel(action_id: str, who: auth.Caller = CALLER, svc: Service = SERVICE) -> dict:
     """Fail every task without a result yet; a finished action is returned as it is."""
     with svc.sessions.begin() as s:
@@ -180,7 +209,6 @@ def cancel(action_id: str, who: auth.Caller = CALLER, svc: Service = SERVICE) ->
         return actions.status_doc(action, _current(s, action))
 
 
-@router.post("/{action_id}/release")
 def release(action_id: str, who: auth.Caller = CALLER, svc: Service = SERVICE) -> dict:
     """Forget a finished action and answer its last status; a running one is refused."""
     with svc.sessions.begin() as s:
@@ -196,3 +224,12 @@ def release(action_id: str, who: auth.Caller = CALLER, svc: Service = SERVICE) -
         s.delete(action)
     log.info("%s released action %s", who.username, action_id)
     return doc
+
+
+for _version in (V3, V2):
+    _version.add_api_route("/{action_id}/status", status, methods=["GET"])
+    _version.add_api_route("/{action_id}/cancel", cancel, methods=["POST"])
+    _version.add_api_route("/{action_id}/release", release, methods=["POST"])
+router = APIRouter()
+router.include_router(V3)
+router.include_router(V2)

@@ -384,3 +384,48 @@ def test_tokens_and_odd_ids(api_service, people):
         assert answer.status_code == 404, (odd, answer.text)
     assert api.post("/actions/v3/run", content=b"{not json").status_code == 422
     assert json.loads(api.get("/openapi.json").text)["paths"]["/actions/v3/run"]
+
+
+def test_the_v2_input_runs_as_the_same_kind_of_action(people, setup, rabbit_vhost, seen):
+    api = people["erin"]
+    reg, (first, second) = setup
+    with api.__class__(base_url=api.base_url) as anon:
+        intro = anon.get("/actions/v2/").json()
+    assert set(intro["input_schema"]["properties"]) >= {"endpoint", "function", "tasks"}
+    assert_valid([["introspection", intro]])
+    ep = reg["endpoint_id"]
+    body = {
+        "endpoint": ep,
+        "function": first,
+        "args": "one item",
+        "tasks": [{"endpoint": ep, "function": second, "payload": {"k": 1}}],
+    }
+    request = {"request_id": str(uuid.uuid4()), "body": body}
+    assert_valid([["request", request, intro["input_schema"]]])
+    action = seen.status(api.post("/actions/v2/run", json=request), 202)
+    assert seen.status(api.post("/actions/v2/run", json=request), 200) == action
+    creds = user_endpoint_creds(rabbit_vhost, reg)
+    connection = amqp.connect(rabbit_vhost)
+    try:
+        channel = connection.channel()
+        sent = []
+        for _ in range(2):
+            _method, _props, raw = channel.basic_get(
+                creds["task_queue_info"]["queue"], auto_ack=True
+            )
+            _fn, args, kwargs = serializer.unpack_task_buffer(messages.unpack(raw).task_buffer)
+            sent.append((list(args), kwargs))
+    finally:
+        connection.close()
+    assert sent == [(["one item"], {}), ([], {"k": 1})]
+    v3_view = seen.status(api.get(f"/actions/v3/{action['action_id']}/status"))
+    assert v3_view == seen.status(api.get(f"/actions/v2/{action['action_id']}/status"))
+    other = str(uuid.uuid4())
+    for bad, words in (
+        (dict(body, tasks=[{"endpoint": other, "function": second}]), "same endpoint"),
+        ({"endpoint": ep}, "go together"),
+        ({"tasks": []}, "no call"),
+        (dict(body, kwargs={}, payload={}), "not both"),
+    ):
+        answer = api.post("/actions/v2/run", json={"request_id": "x", "body": bad})
+        assert answer.status_code == 422 and words in answer.json()["reason"], answer.text
