@@ -45,8 +45,8 @@ README = REPO / "README.md"
 
 @pytest.fixture(scope="module")
 def flows(compute_service, tmp_path_factory):
-    """A manager mapping alice to a local account, her registered functions, and tokens
-    for her and for bob (known to the service, mapped nowhere)."""
+    """A manager mapping alice to a local account, the functions she and bob registered,
+    and tokens for both (bob is known to the service but maps to no local account)."""
     with local_accounts(1, "flows") as (users, _group):
         (alice,) = users
         root = tmp_path_factory.mktemp("flows")
@@ -54,7 +54,10 @@ def flows(compute_service, tmp_path_factory):
         with running_manager(
             compute_service, root, routes, TEMPLATE, SCHEMA, ("bob@lab.org",)
         ) as mgr:
-            functions = submit(mgr, "alice", FUNCTIONS, user_dir=root / "sdk-alice")
+            functions = {
+                who: submit(mgr, who, FUNCTIONS, user_dir=root / f"sdk-{who}")
+                for who in ("alice", "bob")
+            }
             tokens = {who: compute_service.token(c) for who, c in mgr.clients.items()}
             yield Flows(compute_service, mgr, alice, functions, tokens)
 
@@ -64,7 +67,8 @@ class Flows:
 
     def __init__(self, service, mgr, account, functions: dict, tokens: dict) -> None:
         self.service, self.mgr, self.account = service, mgr, account
-        self.functions, self.tokens = functions, tokens
+        self.all_functions, self.tokens = functions, tokens
+        self.functions = functions["alice"]
         self.url = f"{service.url}/actions/v3"
         self.seen: list[list] = []
         with service.api(None) as anon:
@@ -98,7 +102,7 @@ class Flows:
                 return api.get(f"{self.url}/{action_id}/status")
             return api.post(f"{self.url}/{action_id}/{verb}")
 
-    def wait(self, action: dict, wait_time_s: float = 150) -> dict:
+    def wait(self, action: dict, wait_time_s: float = 150, who: str = "alice") -> dict:
         """Poll ``status`` as Flows does: quickly at first, then backing off to 5 s."""
         delay, deadline = 0.25, time.monotonic() + wait_time_s
         while action["status"] in ("ACTIVE", "INACTIVE"):
@@ -108,7 +112,7 @@ class Flows:
             )
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
-            answer = self.call("status", action["action_id"])
+            answer = self.call("status", action["action_id"], who)
             assert answer.status_code == 200, answer.text
             action = self.keep(answer.json())
         return action
@@ -190,6 +194,18 @@ def test_cancel_and_release_of_a_running_action(flow):
     assert cancelled["status"] == "FAILED" and cancelled["details"]["code"] == "ActionCanceled"
     assert flow.release(cancelled)["action_id"] == running["action_id"]
     assert flow.call("status", running["action_id"]).status_code == 404
+
+
+def test_the_endpoint_identity_mapping_decides_as_for_any_submit(flow):
+    """Bob may use the endpoint, but the manager maps him to no account: his action fails
+    with the manager's reason, and alice's endpoint keeps serving."""
+    square = {"function_id": flow.all_functions["bob"]["square"], "args": [2]}
+    done = flow.wait(flow.run(flow.body(square), who="bob"), who="bob")
+    assert done["status"] == "FAILED", done
+    assert "failed to map to a local user" in done["details"]["description"]
+    assert flow.call("status", done["action_id"]).status_code == 404, "alice cannot see it"
+    assert flow.mgr.process.poll() is None
+    assert flow.wait(flow.run(flow.body(task(flow, "square", 4))))["details"]["result"] == [16]
 
 
 def readme_flow() -> dict:
