@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from service import bodies, schema
 from wire import serializer
 
-ACTIVE, SUCCEEDED, FAILED = "ACTIVE", "SUCCEEDED", "FAILED"
+ACTIVE, INACTIVE, SUCCEEDED, FAILED = "ACTIVE", "INACTIVE", "SUCCEEDED", "FAILED"
 JSON_RESULTS = "globus_compute_sdk.serialize.JSONData"
 MAX_TASKS_PER_ACTION = 1000
 MAX_PRINCIPALS = 100
@@ -245,7 +245,7 @@ class Outcome:
 
     @property
     def complete(self) -> bool:
-        return self.status != ACTIVE
+        return self.status in (SUCCEEDED, FAILED)
 
 
 def json_output(result: str | None) -> t.Any:
@@ -271,9 +271,12 @@ def _task_entry(task: schema.Task | None, task_id: str) -> tuple[dict, str | Non
     return {"task_id": task_id, "exception": error}, error
 
 
-def outcome(action: schema.Action, tasks: dict[str, schema.Task]) -> Outcome:
-    """ACTIVE until every task finished; then SUCCEEDED with the outputs, or FAILED with
-    every task's output or error (the first error is the failure's description)."""
+def outcome(
+    action: schema.Action, tasks: dict[str, schema.Task], endpoint_online: bool = True
+) -> Outcome:
+    """ACTIVE until every task finished (INACTIVE while the endpoint is offline: nothing
+    progresses until it is back); then SUCCEEDED with the outputs, or FAILED with every
+    task's output or error (the first error is the failure's description)."""
     ordered = [tasks.get(task_id) for task_id in action.task_ids]
     waiting = sum(1 for task in ordered if task is not None and task.status not in _TERMINAL)
     total = len(ordered)
@@ -284,7 +287,13 @@ def outcome(action: schema.Action, tasks: dict[str, schema.Task]) -> Outcome:
             "completed_tasks": total - waiting,
             "total_tasks": total,
         }
-        return Outcome(ACTIVE, details, f"{total - waiting} of {total} tasks done")
+        if endpoint_online:
+            return Outcome(ACTIVE, details, f"{total - waiting} of {total} tasks done")
+        details |= {
+            "code": "EndpointOffline",
+            "description": "the endpoint is offline; the tasks wait until it is back",
+        }
+        return Outcome(INACTIVE, details, "waiting for the endpoint to come online")
     pairs = [_task_entry(task, tid) for task, tid in zip(ordered, action.task_ids, strict=True)]
     entries = [entry for entry, _ in pairs]
     failures = [error for _, error in pairs if error is not None]

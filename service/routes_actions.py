@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
+import typing as t
 import uuid
 
 from fastapi import APIRouter, Response
@@ -34,6 +36,7 @@ from sqlalchemy.orm import Session
 from service import actions, auth, schema, store
 from service.context import CALLER, SERVICE, Service
 from service.errors import ApiError
+from service.routes_endpoints import is_online
 from service.routes_tasks import submit_tasks
 
 log = logging.getLogger(__name__)
@@ -69,11 +72,20 @@ def _find(s: Session, who: auth.Caller, request_id: str) -> schema.Action | None
 def _current(s: Session, action: schema.Action) -> actions.Outcome:
     """The action's state from its tasks; the first time it is seen complete is kept."""
     tasks = {t.id: t for t in store.owned_tasks(s, action.creator_id, list(action.task_ids))}
-    state = actions.outcome(action, tasks)
+    state = actions.outcome(action, tasks, _endpoint_online(s, tasks.values()))
     if state.complete and action.completion_time is None:
         action.completion_time = schema.utcnow()
         action.release_at = action.completion_time + dt.timedelta(seconds=action.release_after_s)
     return state
+
+
+def _endpoint_online(s: Session, tasks: t.Iterable[schema.Task]) -> bool:
+    """Whether the endpoint the tasks went to heartbeats (an action names one endpoint)."""
+    endpoint_ids = {task.endpoint_id for task in tasks}
+    endpoint = s.get(schema.Endpoint, endpoint_ids.pop()) if len(endpoint_ids) == 1 else None
+    if endpoint is None:
+        return False
+    return is_online(endpoint.last_heartbeat, endpoint.heartbeat_period, time.time())
 
 
 def _replay(

@@ -12,12 +12,12 @@ import json
 import time
 import uuid
 
-import pika
 import pytest
 
 from tests.action_docs import assert_valid, problems
 from tests.fixtures_service import COMPUTE_SCOPE, queued_command
 from wire import amqp, messages, serializer
+from wire.queue_info import WriteQueueInfo
 
 CODE = serializer.pack_buffers([serializer.serialize(len)])
 ERROR = messages.ResultErrorDetails(code="RemoteExecutionError", user_message="it failed")
@@ -96,17 +96,28 @@ def user_endpoint_creds(rabbit_vhost: str, reg: dict) -> dict:
 
 def publish_results(creds: dict, results: list[messages.Result]) -> None:
     """Publish results as the user endpoint, with its own broker account."""
-    info = creds["result_queue_info"]
-    connection = amqp.connect(info["connection_url"])
+    publish(creds["result_queue_info"], results)
+
+
+def heartbeat(reg: dict) -> None:
+    """Report the endpoint alive, as its manager does."""
+    report = messages.EPStatusReport(
+        endpoint_id=uuid.UUID(reg["endpoint_id"]),
+        global_state={"heartbeat_period": 30},
+        task_statuses={},
+    )
+    publish(reg["heartbeat_queue_info"], [report])
+
+
+def publish(info: dict, payloads: list[messages.Message]) -> None:
+    """Publish as the party a queue info belongs to (its account, exchange and key)."""
+    queue_info = WriteQueueInfo.from_dict(info)
+    connection = amqp.connect(queue_info.connection_url)
     try:
         channel = connection.channel()
         channel.confirm_delivery()
-        key = info["queue_publish_kwargs"]["routing_key"]
-        for result in results:
-            body = messages.pack(result)
-            channel.basic_publish(
-                info["exchange"], key, body, pika.BasicProperties(delivery_mode=2)
-            )
+        for payload in payloads:
+            channel.basic_publish(body=messages.pack(payload), **amqp.publish_kwargs(queue_info))
     finally:
         connection.close()
 
@@ -165,7 +176,11 @@ def test_run_then_status_until_succeeded_then_release(people, setup, rabbit_vhos
     ]
     request = seen.request(action_request(reg["endpoint_id"], tasks, label="three calls"))
     started = seen.status(api.post("/actions/v3/run", json=request), 202)
-    assert started["status"] == "ACTIVE" and started["label"] == "three calls"
+    # No manager has reported this endpoint alive: nothing can progress until it does.
+    assert started["status"] == "INACTIVE" and started["label"] == "three calls"
+    assert started["details"]["code"] == "EndpointOffline"
+    heartbeat(reg)
+    wait_status(api, started["action_id"], "ACTIVE", seen)
     assert started["creator_id"] == api.urn and "completion_time" not in started
     task_ids = started["details"]["task_ids"]
     assert len(set(task_ids)) == 3
@@ -281,8 +296,8 @@ def test_cancel_stops_waiting_tasks_and_release_waits_for_the_end(
     action = seen.status(api.post("/actions/v3/run", json=request), 202)
     action_id, task_ids = action["action_id"], action["details"]["task_ids"]
     early = api.post(f"/actions/v3/{action_id}/release")
-    assert early.status_code == 409 and "still ACTIVE" in early.json()["reason"]
-    assert seen.status(api.get(f"/actions/v3/{action_id}/status"))["status"] == "ACTIVE"
+    assert early.status_code == 409 and "still INACTIVE" in early.json()["reason"]
+    assert seen.status(api.get(f"/actions/v3/{action_id}/status"))["status"] == "INACTIVE"
 
     cancelled = seen.status(api.post(f"/actions/v3/{action_id}/cancel"))
     assert cancelled["status"] == "FAILED" and cancelled["details"]["code"] == "ActionCanceled"
@@ -325,7 +340,7 @@ def test_only_the_creator_and_named_principals_see_or_control_an_action(people, 
     body = {"endpoint_id": bob_ep, "tasks": [{"function_id": bob_fn["function_uuid"]}]}
     own = seen.status(bob.post("/actions/v3/run", json=dict(request, body=body)), 202)
     assert own["action_id"] != action["action_id"] and own["creator_id"] == bob.urn
-    assert seen.status(dave.get(f"{path}/status"))["status"] == "ACTIVE"
+    assert seen.status(dave.get(f"{path}/status"))["status"] == "INACTIVE"
     assert seen.status(dave.post(f"{path}/cancel"))["status"] == "FAILED"
     assert seen.status(dave.post(f"{path}/release"))["action_id"] == action["action_id"]
 
@@ -340,7 +355,7 @@ def test_a_refused_run_leaves_nothing_behind(people, setup, seen):
     refused = erin.post("/actions/v3/run", json=request)
     assert refused.status_code == 403 and "not allowed" in refused.json()["reason"]
     fixed = seen.request(dict(request, body=dict(request["body"], tasks=[{"function_id": first}])))
-    assert seen.status(erin.post("/actions/v3/run", json=fixed), 202)["status"] == "ACTIVE"
+    assert seen.status(erin.post("/actions/v3/run", json=fixed), 202)["status"] == "INACTIVE"
     # Someone else's private endpoint and function are not there for bob.
     hidden = bob.post(
         "/actions/v3/run", json=action_request(reg["endpoint_id"], [{"function_id": first}])

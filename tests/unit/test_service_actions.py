@@ -63,6 +63,11 @@ def test_outcome_is_active_until_every_task_finished():
     state = actions.outcome(action, {t.id: t for t in (done, waiting)})
     assert state.status == actions.ACTIVE and not state.complete
     assert state.details["completed_tasks"] == 1 and state.details["total_tasks"] == 2
+    offline = actions.outcome(action, {t.id: t for t in (done, waiting)}, endpoint_online=False)
+    assert offline.status == actions.INACTIVE and not offline.complete
+    assert offline.details["code"] == "EndpointOffline"
+    finished = actions.outcome(an_action([done.id]), {done.id: done}, endpoint_online=False)
+    assert finished.status == actions.SUCCEEDED, "an offline endpoint does not undo results"
 
 
 def test_outcome_succeeded_lists_outputs_in_input_order():
