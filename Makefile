@@ -16,8 +16,12 @@ PYTEST_ARGS ?=
 # runs it against our service (tests/e2e/test_official_endpoint.py).
 OFFICIAL_VENV ?= $(VENV_ROOT)/official-endpoint-4.19
 OFFICIAL_ENDPOINT := $(OFFICIAL_VENV)/bin/globus-compute-endpoint
+# globus-action-provider-tools, which checks the Flows action provider's documents
+# in tests; it pins globus-sdk<4 and pydantic<2, so it cannot share the venv above.
+AP_TOOLS_VENV ?= $(VENV_ROOT)/action-provider-tools-0.21
+AP_TOOLS_PYTHON := $(AP_TOOLS_VENV)/bin/python
 
-.PHONY: all venv install services slurm chromium official-endpoint test lint demo soak rpm clean
+.PHONY: all venv install services slurm chromium official-endpoint action-provider-tools test lint demo soak rpm clean
 
 all: test
 
@@ -48,6 +52,15 @@ $(OFFICIAL_ENDPOINT):
 
 official-endpoint: $(OFFICIAL_ENDPOINT)
 
+$(AP_TOOLS_VENV)/.stamp:
+	@packaging/dev/ensure-python-venv.sh "$(PYTHON)"
+	install -d -m 0755 "$(VENV_ROOT)"
+	[ -x "$(AP_TOOLS_PYTHON)" ] || $(PYTHON) -m venv "$(AP_TOOLS_VENV)"
+	$(AP_TOOLS_VENV)/bin/pip install -q "globus-action-provider-tools==0.21.*"
+	touch "$@"
+
+action-provider-tools: $(AP_TOOLS_VENV)/.stamp
+
 services:
 	@packaging/dev/ensure-rabbitmq.sh
 	@packaging/dev/ensure-postgres.sh
@@ -65,8 +78,9 @@ slurm:
 chromium:
 	@packaging/dev/ensure-chromium.sh
 
-test: install services slurm official-endpoint chromium lint
-	COMPUTE_AGENT_OFFICIAL_ENDPOINT="$(OFFICIAL_ENDPOINT)" $(BIN)/python -m pytest $(PYTEST_ARGS)
+test: install services slurm official-endpoint chromium action-provider-tools lint
+	COMPUTE_AGENT_OFFICIAL_ENDPOINT="$(OFFICIAL_ENDPOINT)" COMPUTE_AGENT_AP_TOOLS_PYTHON="$(AP_TOOLS_PYTHON)" \
+		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # KEEP=1 leaves the service (and its web app) running on the demo's data.
 KEEP ?=

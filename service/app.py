@@ -17,7 +17,15 @@ from importlib.metadata import version as dist_version
 
 from fastapi import FastAPI
 
-from service import errors, routes_auth, routes_endpoints, routes_functions, routes_tasks, store
+from service import (
+    errors,
+    routes_actions,
+    routes_auth,
+    routes_endpoints,
+    routes_functions,
+    routes_tasks,
+    store,
+)
 from service.account_sweeper import AccountSweeper
 from service.broker import BrokerUnavailable, Publisher
 from service.broker_admin import BrokerAdmin
@@ -117,5 +125,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     for module in (routes_auth, routes_functions, routes_endpoints, routes_tasks):
         app.include_router(module.router)
+    app.include_router(routes_actions.router)
     install_webapp(app)
     return app

@@ -62,7 +62,8 @@ def describe_validation(exc: RequestValidationError) -> str:
     """One readable line per problem: ``tasks.<fid>: Input should be a valid list``."""
     lines = []
     for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        loc = [str(p) for p in err.get("loc", ())]
+        loc = loc[1:] if loc[:1] == ["body"] else loc  # where it was; a field may be named body
         where = ".".join(loc) or "request body"
         lines.append(f"{where}: {err.get('msg', 'invalid')}")
     return "invalid request: " + "; ".join(lines)

@@ -11,11 +11,14 @@
   start hangs in ``endpoint_setup``, ...), its waiting tasks fail with a
   message saying so and its queue is purged, so a later start does not run
   them. Zero turns this off.
+- **Finished actions.** A Flows action is forgotten ``release_after`` (30 days
+  at most) after it was first seen complete, as if its creator had released it.
 """
 
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import logging
 import threading
 import time
@@ -71,7 +74,7 @@ class Housekeeper:
 
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        for job in (self.resend_unsent, self.time_out_starts):
+        for job in (self.resend_unsent, self.time_out_starts, self.release_actions):
             try:
                 job(now)
             except (BrokerUnavailable, BrokerAdminError) as e:
@@ -128,3 +131,11 @@ class Housekeeper:
             log.warning("tasks of user endpoint %s timed out waiting for it to start", uep_id)
         self.publisher.send_results([(f.queue, f.body) for f in failed])
         return len(failed)
+
+    def release_actions(self, now: float) -> int:
+        """Forget finished actions past their release time; returns how many."""
+        with self.sessions.begin() as s:
+            released = store.release_expired_actions(s, dt.datetime.fromtimestamp(now, dt.UTC))
+        if released:
+            log.info("released %d finished action(s) past their release_after", released)
+        return released

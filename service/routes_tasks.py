@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from fastapi import APIRouter
 from sqlalchemy.orm import Session
@@ -165,22 +166,32 @@ def _journal(
     return group, uep, command, ids, messages
 
 
-@router.post("/v3/endpoints/{endpoint_id}/submit")
-def submit(
-    endpoint_id: uuid.UUID,
+Journaled = Callable[[Session, schema.TaskGroup, dict[str, list[str]]], None]
+
+
+def submit_tasks(
+    svc: Service,
+    who: auth.Caller,
+    endpoint_id: str,
     body: bodies.Submission,
-    who: auth.Caller = CALLER,
-    svc: Service = SERVICE,
+    also_journal: Journaled | None = None,
 ) -> dict:
+    """Check, journal and publish one submission; every way of submitting goes through here.
+
+    ``also_journal`` adds rows of the caller's own (an action) to the transaction
+    that journals the tasks, so both are committed or neither is.
+    """
     try:
         with svc.sessions.begin() as s:
-            group, uep, command, ids, messages = _journal(s, svc, str(endpoint_id), body, who)
+            group, uep, command, ids, messages = _journal(s, svc, endpoint_id, body, who)
+            if also_journal is not None:
+                also_journal(s, group, ids)
     except BrokerAdminError as e:
         log.error("submit to %s: cannot provision the user endpoint's account: %s", endpoint_id, e)
         raise ApiError(503, "the message broker is unavailable; try again later") from None
     try:
         svc.publisher.submit(
-            endpoint_id=str(endpoint_id),
+            endpoint_id=endpoint_id,
             user_endpoint_id=uep.id,
             command=command,
             command_properties=routing.command_properties(svc.topology.service_user),
@@ -204,9 +215,19 @@ def submit(
     return {
         "request_id": str(uuid.uuid4()),
         "task_group_id": group.id,
-        "endpoint_id": str(endpoint_id),
+        "endpoint_id": endpoint_id,
         "tasks": ids,
     }
+
+
+@router.post("/v3/endpoints/{endpoint_id}/submit")
+def submit(
+    endpoint_id: uuid.UUID,
+    body: bodies.Submission,
+    who: auth.Caller = CALLER,
+    svc: Service = SERVICE,
+) -> dict:
+    return submit_tasks(svc, who, str(endpoint_id), body)
 
 
 def _fail_unsent(svc: Service, task_ids: list[str], reason: str) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -205,3 +206,31 @@ class OutboxTask(Base):
     body: Mapped[bytes] = mapped_column(LargeBinary)
     headers: Mapped[dict] = mapped_column(JSON)
     created_t: Mapped[float] = mapped_column(Float, index=True)
+
+
+class Action(Base):
+    """A Globus Flows action: one run of the action provider and the tasks it submitted.
+
+    ``(creator_id, request_id)`` is unique so a retried run finds the action it
+    started; ``request_digest`` tells a retry from a different request reusing
+    the id. Its status is read from its tasks; only when it was first seen
+    complete is kept, so the completion time does not move.
+    """
+
+    __tablename__ = "actions"
+    __table_args__ = (UniqueConstraint("creator_id", "request_id"),)
+    id: Mapped[str] = mapped_column(String(UUID_LEN), primary_key=True)
+    creator_id: Mapped[str] = mapped_column(String(UUID_LEN), index=True)
+    request_id: Mapped[str] = mapped_column(String(256))
+    request_digest: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str | None] = mapped_column(String(64))
+    monitor_by: Mapped[list] = mapped_column(JSON, default=list)
+    manage_by: Mapped[list] = mapped_column(JSON, default=list)
+    task_group_id: Mapped[str] = mapped_column(String(UUID_LEN))
+    task_ids: Mapped[list] = mapped_column(JSON, default=list)  # in the order of the input
+    release_after_s: Mapped[int] = mapped_column(Integer)
+    start_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    completion_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # completion_time + release_after: the housekeeper forgets the action then.
+    release_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    cancelled: Mapped[bool] = mapped_column(Boolean, default=False)

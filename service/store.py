@@ -8,6 +8,7 @@ admin CLI each control their own transaction.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import typing as t
 
@@ -220,3 +221,9 @@ def stuck_tasks(s: Session, created_before: float) -> list[tuple[schema.Task, sc
         )
     )
     return [(task, uep) for task, uep in s.execute(query)]
+
+
+def release_expired_actions(s: Session, now: dt.datetime) -> int:
+    """Forget finished actions past their ``release_after``; how many went."""
+    done = s.execute(delete(schema.Action).where(schema.Action.release_at < now))
+    return done.rowcount

@@ -7,6 +7,7 @@ message after the start timeout instead of waiting forever.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 import uuid
@@ -149,3 +150,32 @@ def test_a_finished_submit_leaves_nothing_in_the_outbox(api_service):
             assert store.unsent(s, time.time() + 60) == []
     finally:
         store.dispose(sessions)
+
+
+def test_finished_actions_are_released_after_their_release_after(house):
+    keeper, _channel = house
+    now = time.time()
+    moment = schema.utcnow()
+
+    def action(release_at):
+        return schema.Action(
+            id=str(uuid.uuid4()),
+            creator_id="o",
+            request_id=str(uuid.uuid4()),
+            request_digest="d",
+            task_group_id=str(uuid.uuid4()),
+            task_ids=[],
+            release_after_s=60,
+            release_at=release_at,
+        )
+
+    expired = action(moment - dt.timedelta(seconds=1))
+    later = action(moment + dt.timedelta(hours=1))
+    running = action(None)
+    with keeper.sessions.begin() as s:
+        s.add_all([expired, later, running])
+    keeper.tick(now)
+    with keeper.sessions.begin() as s:
+        left = {a.id for a in s.query(schema.Action)}
+    assert left == {later.id, running.id}
+    assert keeper.release_actions(now + 2 * 3600) == 1
