@@ -21,7 +21,7 @@ OFFICIAL_ENDPOINT := $(OFFICIAL_VENV)/bin/globus-compute-endpoint
 AP_TOOLS_VENV ?= $(VENV_ROOT)/action-provider-tools-0.21
 AP_TOOLS_PYTHON := $(AP_TOOLS_VENV)/bin/python
 
-.PHONY: all venv install services slurm chromium official-endpoint action-provider-tools test lint demo soak rpm clean
+.PHONY: all venv install services slurm chromium official-endpoint action-provider-tools test lint demo soak compare rpm clean
 
 all: test
 
@@ -86,6 +86,13 @@ test: install services slurm official-endpoint chromium action-provider-tools li
 KEEP ?=
 demo: install services
 	$(BIN)/python -m bench.demo $(if $(KEEP),--keep)
+
+# Our manager beside the official globus-compute-endpoint 4.19 on our service (not
+# part of `make test`; about 15 minutes a run): writes bench/results/compare.{json,png}.
+RUNS ?= 3
+compare: install services official-endpoint
+	$(BIN)/pip install -q ".[bench]"
+	COMPUTE_AGENT_OFFICIAL_ENDPOINT="$(OFFICIAL_ENDPOINT)" $(BIN)/python -m bench.compare --runs $(RUNS)
 
 # Several minutes of load on one manager (not part of `make test`): 50 identities
 # at once, then CYCLES user endpoint start/stop cycles with the manager's memory,
