@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -146,6 +147,12 @@ class Task(Base):
     """A submitted task and, once known, its result or exception."""
 
     __tablename__ = "tasks"
+    # The web app's reads: a person's newest tasks, an endpoint's recent results.
+    __table_args__ = (
+        Index("ix_tasks_owner_created", "owner_id", "created_t"),
+        Index("ix_tasks_endpoint_completion", "endpoint_id", "completion_t"),
+    )
+
     id: Mapped[str] = mapped_column(String(UUID_LEN), primary_key=True)
     task_group_id: Mapped[str] = mapped_column(ForeignKey("task_groups.id"), index=True)
     owner_id: Mapped[str] = mapped_column(String(UUID_LEN), index=True)

@@ -39,6 +39,9 @@ def open_database(url: str) -> sessionmaker[Session]:
     else:
         engine = create_engine(url, pool_pre_ping=True)
     schema.Base.metadata.create_all(engine)
+    for table in schema.Base.metadata.sorted_tables:  # indexes added since a table was made
+        for index in table.indexes:
+            index.create(engine, checkfirst=True)
     return sessionmaker(engine, expire_on_commit=False)
 
 

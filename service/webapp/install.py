@@ -42,11 +42,16 @@ def _wants_json(request: Request) -> bool:
 
 
 async def _sign_in(request: Request, exc: routes.SignInRequired) -> Response:
-    """Scripts get the service's 401; browsers are sent to the sign-in page."""
+    """Scripts get the service's 401; browsers are sent to the sign-in page.
+
+    The cookie is deleted only if one came and was refused: a link from another
+    site arrives without the SameSite=Strict cookie, and must not sign anyone out.
+    """
     if _wants_json(request):
         return errors.respond(401, f"{exc}; send 'Authorization: Bearer <access token>'")
     response = RedirectResponse("/app/login", status_code=303)
-    response.delete_cookie(signin.SESSION_COOKIE, path=signin.COOKIE_PATH)
+    if signin.SESSION_COOKIE in request.cookies:  # refused: a stale or revoked session
+        response.delete_cookie(signin.SESSION_COOKIE, path=signin.COOKIE_PATH)
     return response
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from service import schema
 from service.store import TERMINAL
@@ -64,8 +64,18 @@ def task_counts(s: Session, user_endpoint_ids: Iterable[str]) -> dict[str, dict[
 def tasks_of(
     s: Session, owner_id: str, status: str | None, endpoint_id: str | None
 ) -> list[schema.Task]:
-    """The owner's newest tasks, optionally of one status and one endpoint."""
-    query = select(schema.Task).where(schema.Task.owner_id == owner_id)
+    """The owner's newest tasks, optionally of one status and one endpoint.
+
+    Without their results, tracebacks and details: the list shows none of them,
+    and 200 results of up to 10 MB each would cost the service gigabytes per request.
+    """
+    query = (
+        select(schema.Task)
+        .options(
+            defer(schema.Task.result), defer(schema.Task.exception), defer(schema.Task.details)
+        )
+        .where(schema.Task.owner_id == owner_id)
+    )
     if status:
         query = query.where(schema.Task.status == status)
     if endpoint_id:

@@ -206,3 +206,20 @@ def test_refusals_are_counted_by_kind_and_reason(sessions):
         ("heartbeat", "malformed", 1, 3.0, "x"),
         ("result", "user_id", 2, 2.0, "second\\x00"),
     ]
+
+
+def test_a_database_made_before_an_index_existed_gets_it_when_opened(db_url):
+    from sqlalchemy import inspect
+
+    factory = store.open_database(db_url)
+    engine = factory.kw["bind"]
+    [index] = [i for i in schema.Task.__table__.indexes if i.name == "ix_tasks_owner_created"]
+    index.drop(engine)
+    assert "ix_tasks_owner_created" not in {i["name"] for i in inspect(engine).get_indexes("tasks")}
+    store.dispose(factory)
+    factory = store.open_database(db_url)
+    try:
+        names = {i["name"] for i in inspect(factory.kw["bind"]).get_indexes("tasks")}
+        assert {"ix_tasks_owner_created", "ix_tasks_endpoint_completion"} <= names
+    finally:
+        store.dispose(factory)

@@ -249,3 +249,19 @@ def test_failed_sign_ins_go_through_the_login_limits(start_service, rabbit_vhost
     )
     assert token.status_code == 429, "the token route and the sign-in page share one limit"
     assert "further attempts wait" in svc.log()
+
+
+def test_a_link_from_another_site_does_not_sign_anyone_out(api_service, people):
+    """A cross-site navigation arrives without the SameSite=Strict cookie: it is sent to
+    sign in, but no Set-Cookie deletes the session the browser still holds."""
+    stranger_link = browser(api_service).get(f"/app/tasks/{people['task']}")
+    assert stranger_link.status_code == 303
+    assert stranger_link.headers["location"] == "/app/login"
+    assert not [
+        h for h in stranger_link.headers.get_list("set-cookie") if h.startswith("ca_session=")
+    ]
+    refused = browser(api_service)
+    refused.cookies.set("ca_session", "revoked-or-made-up", path="/app")
+    answer = refused.get("/app/tasks")
+    assert answer.status_code == 303
+    assert "max-age=0" in set_cookie(answer, "ca_session").lower()

@@ -188,3 +188,37 @@ def test_chart_bars_stay_inside_the_drawing_and_scale_to_the_busiest_minute():
         "3 task(s) took 0.1s-0.25s",
         "1 task(s) took 0.5s-1s",
     ]
+
+
+def test_the_task_list_does_not_load_results_tracebacks_or_details(tmp_path):
+    """200 results of up to 10 MB each would cost the service gigabytes per poll."""
+    from sqlalchemy import inspect
+
+    from service import schema, store
+    from service.webapp import queries
+
+    sessions = store.open_database(f"sqlite:///{tmp_path / 's.db'}")
+    try:
+        with sessions.begin() as s:
+            s.add(schema.TaskGroup(id="g", owner_id="o"))
+            s.flush()
+            s.add(
+                schema.Task(
+                    id="t",
+                    task_group_id="g",
+                    owner_id="o",
+                    function_id="f",
+                    endpoint_id="e",
+                    user_endpoint_id="u",
+                    created_t=1.0,
+                    result="x" * 1_000_000,
+                    exception="tb",
+                    details={"k": 1},
+                )
+            )
+        with sessions() as s:
+            [task] = queries.tasks_of(s, "o", None, None)
+            unloaded = inspect(task).unloaded
+        assert {"result", "exception", "details"} <= unloaded
+    finally:
+        store.dispose(sessions)

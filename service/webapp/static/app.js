@@ -75,8 +75,15 @@ document.addEventListener("DOMContentLoaded", () => {
   const table = document.getElementById("tasks");
   const live = document.getElementById("live");
   if (table && live) {
-    refreshTasks(table, live);
-    window.setInterval(() => refreshTasks(table, live), POLL_MS);
+    // The next poll is scheduled once this one is done, and skipped while the tab is
+    // hidden: a slow service never has more than one request from a tab.
+    const poll = async () => {
+      if (!document.hidden) {
+        await refreshTasks(table, live);
+      }
+      window.setTimeout(poll, POLL_MS);
+    };
+    poll();
   }
   const seconds = Number(document.body.dataset.refresh);
   if (seconds > 0) {
