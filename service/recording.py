@@ -268,7 +268,7 @@ def record_heartbeat(s: Session, topo: Topology, delivery: Delivery, now: float)
     """Update endpoint status; an error report fails the user endpoint's pending tasks."""
     report = _read(delivery.body, messages.EPStatusReport, "heartbeats")
     row = _heartbeat_subject(s, topo, delivery, report)
-    state = storable_json(report.global_state)
+    state = storable_json(bounded(report.global_state))
     row.last_heartbeat = now
     period = state.get("heartbeat_period")
     row.heartbeat_period = float(period) if isinstance(period, int | float) else None
@@ -306,6 +306,29 @@ def fail_pending(
 def storable_text(text: str) -> str:
     """Text PostgreSQL accepts: NUL characters are shown as ``\\x00``."""
     return text.replace("\x00", "\\x00") if "\x00" in text else text
+
+
+STATE_TEXT_LIMIT = 16_384
+STATE_ITEMS_LIMIT = 256
+
+
+def bounded(value: t.Any, depth: int = 0) -> t.Any:
+    """A reported state cut to a size worth storing and showing: every text at most
+    16 KiB, every list and mapping at most 256 items, nothing nested deeper than 8.
+
+    The state is whatever the sender says; it is kept with the endpoint and read
+    by every web app page about it, so one hostile report must not weigh megabytes.
+    """
+    if isinstance(value, str) and len(value) > STATE_TEXT_LIMIT:
+        return value[:STATE_TEXT_LIMIT] + " [cut by the service]"
+    if depth >= 8 and isinstance(value, dict | list):
+        return "[nested too deep; cut by the service]"
+    if isinstance(value, dict):
+        items = list(value.items())[:STATE_ITEMS_LIMIT]
+        return {str(k)[:STATE_TEXT_LIMIT]: bounded(v, depth + 1) for k, v in items}
+    if isinstance(value, list):
+        return [bounded(v, depth + 1) for v in value[:STATE_ITEMS_LIMIT]]
+    return value
 
 
 def storable_json(value: t.Any) -> t.Any:

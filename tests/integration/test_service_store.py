@@ -223,3 +223,28 @@ def test_a_database_made_before_an_index_existed_gets_it_when_opened(db_url):
         assert {"ix_tasks_owner_created", "ix_tasks_endpoint_completion"} <= names
     finally:
         store.dispose(factory)
+
+
+def test_a_reported_state_is_stored_cut_to_a_bounded_size(sessions):
+    """A user endpoint's report is what it says: megabytes of it are not kept."""
+    uep_id = str(uuid.uuid4())
+    with sessions.begin() as s:
+        ep_id = s.get(schema.Task, _task(s, uep_id)).endpoint_id
+        s.add(schema.UserEndpoint(id=uep_id, endpoint_id=ep_id, identity_id="o", name="u"))
+    nested: dict = {}
+    for _ in range(50):
+        nested = {"n": nested}
+    state = {
+        "heartbeat_period": 3,
+        "config_raw": "x" * 2_000_000,
+        "many": list(range(100_000)),
+        "nested": nested,
+    }
+    with sessions.begin() as s:
+        recording.record_heartbeat(s, TOPO, report_from(uep_id, uep_id, state), time.time())
+    with sessions() as s:
+        kept = s.get(schema.UserEndpoint, uep_id).last_state
+    assert kept["heartbeat_period"] == 3
+    assert kept["config_raw"].endswith("[cut by the service]") and len(kept["config_raw"]) < 17_000
+    assert kept["many"] == list(range(recording.STATE_ITEMS_LIMIT))
+    assert "cut by the service" in str(kept["nested"]) and len(str(kept["nested"])) < 300
