@@ -11,17 +11,20 @@ The official endpoint's environment lacks SQLAlchemy and never pays this.
 :func:`install` makes exactly that probe find nothing: SQLAlchemy is hidden
 only while ``db_manager`` itself is being executed. Any other import of it,
 such as a researcher's task, works as usual. ``python -m uep.lean_parsl MODULE
-ARGS...`` runs a Parsl program (the interchange, the worker pool) this way.
+ARGS...`` runs a Parsl program (the interchange, the worker pool) this way,
+and the processes it starts with multiprocessing's spawn (the task workers).
 """
 
 from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import multiprocessing.spawn as spawn
 import runpy
 import sys
 import typing as t
 
+MODULE = "uep.lean_parsl"
 PROBE = "parsl.monitoring.db_manager"
 HIDDEN = "sqlalchemy"
 
@@ -69,11 +72,32 @@ def install() -> None:
 
 def command(module: str) -> list[str]:
     """How to run a Parsl program ``module`` with this interpreter, the lean way."""
-    return [sys.executable, "-m", __name__, module]
+    return [sys.executable, "-m", MODULE, module]
+
+
+def _lean_spawned_children() -> None:
+    """Children started by multiprocessing's spawn (the worker pool's task workers)
+    install the finder before anything else, too.
+
+    Spawn starts ``python -c "from multiprocessing.spawn import spawn_main; ..."``,
+    which imports the pool's module, and so Parsl, before any code of ours could
+    run; the finder's installation is put at the front of that ``-c`` program.
+    """
+    original = spawn.get_command_line
+
+    def command_line(**kwds: t.Any) -> list[str]:
+        line = original(**kwds)
+        if "-c" in line:
+            program = line.index("-c") + 1
+            line[program] = f"import {MODULE}; {MODULE}.install(); {line[program]}"
+        return line
+
+    spawn.get_command_line = command_line
 
 
 def main() -> None:
     install()
+    _lean_spawned_children()
     module = sys.argv[1]
     sys.argv = sys.argv[1:]
     runpy.run_module(module, run_name="__main__", alter_sys=True)

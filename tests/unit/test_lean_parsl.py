@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from uep import lean_parsl
+
+REPO = Path(__file__).resolve().parents[2]
 
 PROBE = """
 import json, sys
@@ -56,3 +59,42 @@ def test_a_program_run_through_it_gets_its_arguments(tmp_path):
         check=True,
     )
     assert done.stdout.strip() == '{"a":[1,2]}'
+
+
+SPAWNING_PROGRAM = """
+import json, multiprocessing, sys
+
+def child(queue):
+    import parsl.executors.high_throughput.process_worker_pool
+    queue.put("sqlalchemy" in sys.modules)
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    process = ctx.Process(target=child, args=(queue,))
+    process.start()
+    print(json.dumps({"child_loaded_sqlalchemy": queue.get(timeout=60)}))
+    process.join(60)
+"""
+
+
+def test_processes_it_spawns_import_parsl_lean_too(tmp_path):
+    """The worker pool's task workers are started by spawn: they get the finder first."""
+    program = tmp_path / "spawner.py"
+    program.write_text(SPAWNING_PROGRAM)
+    for command, loaded in (
+        ([sys.executable, str(program)], True),
+        ([*lean_parsl.command("spawner")], False),
+    ):
+        done = subprocess.run(
+            command,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+            env={"PYTHONPATH": f"{REPO}:{tmp_path}", "PATH": "/usr/bin:/bin"},
+        )
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+            "child_loaded_sqlalchemy": loaded
+        }
