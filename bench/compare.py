@@ -32,9 +32,11 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import platform
 import pwd
+import shutil
 import socket
 import statistics
 import subprocess
@@ -56,6 +58,7 @@ from tests.fixtures_service import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
+COLD_START_TIMEOUT_S = 300
 GCE = {}  # the template's default engine: GlobusComputeEngine + LocalProvider, 1 worker
 PROCESS_POOL = {"engine": "ProcessPoolEngine"}
 # metric -> (goal as a ratio or an absolute bound, unit, what it is)
@@ -168,7 +171,12 @@ class Bench:
             )
 
     def answer(self, process: subprocess.Popen, timeout: float = 900) -> dict:
-        out, _ = process.communicate(timeout=timeout)
+        try:
+            out, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise RuntimeError(f"a researcher got no answer within {timeout:.0f} s") from None
         if process.returncode != 0:
             tail = (self.work / "clients.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"a researcher's script failed:\n{tail}")
@@ -213,17 +221,22 @@ def measure_memory(bench: Bench, mgr: Running, count: int = 10) -> dict:
     }
 
 
-def measure_cold_starts(bench: Bench, mgr: Running, config: dict, count: int) -> float:
-    seconds = []
+def measure_cold_starts(bench: Bench, mgr: Running, config: dict, count: int) -> dict:
+    """Median seconds of ``count`` cold starts, and how many never answered (their
+    user endpoints' logs are kept in the work directory)."""
+    seconds, failures = [], 0
     for _ in range(count):
         client, person = bench.identity()
-        seconds.append(
-            bench.answer(bench.client(client, "first", mgr.endpoint_id, json.dumps(config)))[
-                "seconds"
-            ]
-        )
+        started = bench.client(client, "first", mgr.endpoint_id, json.dumps(config))
+        try:
+            seconds.append(bench.answer(started, timeout=COLD_START_TIMEOUT_S)["seconds"])
+        except RuntimeError as e:
+            failures += 1
+            kept = bench.work / f"failed-{mgr.name}-{person.pw_name}"
+            shutil.copytree(person.pw_dir, kept, ignore_dangling_symlinks=True, symlinks=True)
+            say(f"{mgr.name}: a cold start failed ({e}); its account's files: {kept}")
         bench.retire([person.pw_name])
-    return statistics.median(seconds)
+    return {"median": statistics.median(seconds) if seconds else math.inf, "failures": failures}
 
 
 def measure_latency(bench: Bench, mgr: Running, count: int = 200) -> dict:
@@ -269,10 +282,9 @@ def measure_side(bench: Bench, mgr: Running, cold_starts: int) -> dict:
     say(f"{mgr.name}: memory of 10 live user endpoints")
     figures = measure_memory(bench, mgr)
     say(f"{mgr.name}: cold starts")
-    figures["cold_start_process_pool_s"] = measure_cold_starts(
-        bench, mgr, PROCESS_POOL, cold_starts
-    )
-    figures["cold_start_gce_s"] = measure_cold_starts(bench, mgr, GCE, cold_starts)
+    for name, config in (("cold_start_process_pool_s", PROCESS_POOL), ("cold_start_gce_s", GCE)):
+        cold = measure_cold_starts(bench, mgr, config, cold_starts)
+        figures[name], figures[f"{name}_failures"] = cold["median"], cold["failures"]
     say(f"{mgr.name}: latency")
     figures.update(measure_latency(bench, mgr))
     say(f"{mgr.name}: throughput")
@@ -370,6 +382,12 @@ def summarize(runs: list[dict]) -> dict:
                 goal=f"<= {goal:.2f}" if goal else None,
                 met=(ratio <= goal) if goal else None,
             )
+        failed = {
+            side: sum(r[side].get(f"{name}_failures", 0) for r in runs if side in r)
+            for side in ("ours", "official")
+        }
+        if any(failed.values()):
+            entry["failures"] = failed
         metrics[name] = entry
     return metrics
 
@@ -380,6 +398,8 @@ def table(metrics: dict) -> str:
         official = "" if m["official"] is None else f"{m['official']:.3g}"
         ratio = "" if m["ratio"] is None else f"{m['ratio']:.2f}"
         met = {True: "yes", False: "NO", None: ""}[m["met"]]
+        if m.get("failures"):
+            met += f"  (never answered: ours {m['failures']['ours']}, official {m['failures']['official']})"
         rows.append(
             f"{m['label'] + ' (' + m['unit'] + ')':<52} {m['ours']:>10.3g} {official:>10} "
             f"{ratio:>7} {m['goal'] or '':>14}  {met}"
@@ -428,13 +448,14 @@ def main() -> None:
         raise SystemExit("run as root: the managers map identities to local accounts")
     sides = tuple(args.sides.split(","))
     runs = []
-    with tempfile.TemporaryDirectory(prefix="ca-compare-") as tmp:
-        work = Path(tmp)
-        os.chmod(work, 0o755)
-        for i in range(args.runs):
-            say(f"run {i + 1} of {args.runs}")
-            runs.append(run_once(work, args.cold_starts, sides))
-            say(json.dumps(runs[-1]))
+    work = Path(tempfile.mkdtemp(prefix="ca-compare-", dir="/var/tmp"))
+    os.chmod(work, 0o755)
+    for i in range(args.runs):
+        say(f"run {i + 1} of {args.runs}; logs in {work}")
+        runs.append(run_once(work, args.cold_starts, sides))
+        say(json.dumps(runs[-1]))
+    if not any(work.glob("failed-*")):
+        shutil.rmtree(work)
     doc = {
         "machine": machine(),
         "versions": versions(),
