@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -40,13 +41,18 @@ SCHEMA = {
     "additionalProperties": False,
 }
 WAIT_MS = 90_000
+# Names of their own: the session's service on port 5000 keeps every other test's
+# identities and tasks, and a shared alice@uni.edu would list theirs too.
+TAG = uuid.uuid4().hex[:6]
+ALICE, BOB = f"alice-{TAG}@uni.edu", f"bob-{TAG}@lab.org"
+ALICE_KEY, BOB_KEY = ALICE.split("@")[0], BOB.split("@")[0]
 
 
 @pytest.fixture(scope="module")
 def manager(compute_service, tmp_path_factory):
     with local_accounts(2, "web") as (users, _group):
         alice, bob = users
-        routes = {"alice@uni.edu": alice.pw_name, "bob@lab.org": bob.pw_name}
+        routes = {ALICE: alice.pw_name, BOB: bob.pw_name}
         root = tmp_path_factory.mktemp("web-endpoints")
         with running_manager(compute_service, root, routes, TEMPLATE, SCHEMA) as mgr:
             yield mgr
@@ -127,7 +133,7 @@ def test_a_researcher_watches_tasks_complete_and_reads_a_traceback(
     from playwright.sync_api import expect
 
     service = manager.service
-    context, page = signed_in(chromium, service, manager.clients["alice"], shots, "alice")
+    context, page = signed_in(chromium, service, manager.clients[ALICE_KEY], shots, "alice")
     try:
         row = page.locator("#endpoints tbody tr", has_text=manager.id)
         expect(row.locator(".status")).to_have_text("online", timeout=WAIT_MS)
@@ -135,7 +141,7 @@ def test_a_researcher_watches_tasks_complete_and_reads_a_traceback(
         page.screenshot(path=shots / "endpoints.png", full_page=True)
 
         page.goto(f"{service.url}/app/tasks")
-        running = sdk(manager, "alice", 4, 2.0, tmp_path)
+        running = sdk(manager, ALICE_KEY, 4, 2.0, tmp_path)
         try:
             pending = page.locator("#tasks tbody .status.pending")
             expect(pending.first).to_be_visible(timeout=WAIT_MS)
@@ -168,7 +174,7 @@ def test_a_researcher_watches_tasks_complete_and_reads_a_traceback(
         page.goto(f"{service.url}/app/endpoints/{manager.id}")
         mine = page.locator("#user-endpoints tbody tr")
         expect(mine).to_have_count(1)
-        expect(mine).to_contain_text("alice@uni.edu")
+        expect(mine).to_contain_text(ALICE)
         expect(mine).to_contain_text("5 (1)")  # done (failed)
         expect(page.locator("#user-endpoints")).not_to_contain_text(manager.users[0].pw_name)
         expect(page.locator("figure.chart rect.bar.success").first).to_be_visible()
@@ -187,7 +193,7 @@ def test_a_researcher_watches_tasks_complete_and_reads_a_traceback(
 @pytest.fixture(scope="module")
 def alices_tasks(manager, tmp_path_factory):
     return submit(
-        manager, "alice", CLIENT, manager.id, "1", "0.1", user_dir=tmp_path_factory.mktemp("sdk")
+        manager, ALICE_KEY, CLIENT, manager.id, "1", "0.1", user_dir=tmp_path_factory.mktemp("sdk")
     )
 
 
@@ -198,7 +204,7 @@ def test_another_identity_gets_404_and_sees_no_user_endpoint_of_others(
     from playwright.sync_api import expect
 
     service = manager.service
-    context, page = signed_in(chromium, service, manager.clients["bob"])
+    context, page = signed_in(chromium, service, manager.clients[BOB_KEY])
     try:
         for task_id in (alices_tasks["failed"], alices_tasks["ok"][0]):
             answer = page.goto(f"{service.url}/app/tasks/{task_id}")
@@ -213,7 +219,7 @@ def test_another_identity_gets_404_and_sees_no_user_endpoint_of_others(
         assert answer.status == 200, "the endpoint is public: Bob may see it"
         expect(page.locator("main")).to_contain_text("No user endpoint of yours")
         expect(page.locator("#user-endpoints")).to_have_count(0)
-        expect(page.locator("main")).not_to_contain_text("alice@uni.edu")
+        expect(page.locator("main")).not_to_contain_text(ALICE)
         page.screenshot(path=shots / "endpoint-other-identity.png", full_page=True)
     finally:
         context.close()
@@ -233,7 +239,7 @@ def test_the_endpoints_admin_sees_local_accounts_and_rendered_configs(
     context, page = signed_in(chromium, service, admin)
     try:
         page.goto(f"{service.url}/app/endpoints/{manager.id}")
-        row = page.locator("#user-endpoints tbody tr", has_text="alice@uni.edu")
+        row = page.locator("#user-endpoints tbody tr", has_text=ALICE)
         expect(row).to_contain_text(alice.pw_name)
         page.locator("details.config summary").first.click()
         expect(page.locator("details.config pre").first).to_contain_text("ThreadPoolEngine")
