@@ -9,11 +9,13 @@ batch acknowledged, with one ``multiple`` ack. One commit and two round trips
 per batch instead of per message is what lets the service keep up with
 thousands of results a second. A batch that cannot be recorded whole (one
 refused or poisonous message in it) is recorded again one message per
-transaction, so one bad message costs only its own place. A crash or a dropped connection at any point
-leaves the message unacknowledged, the broker redelivers it, and the redelivery
-forwards again what its first delivery recorded. Nothing is lost; a result
-reaches the SDK twice only if the forwarder dies between a confirmed forward
-and its ack (the SDK completes each future once).
+transaction, so one bad message costs only its own place.
+
+A crash or a dropped connection at any point leaves the batch unacknowledged,
+the broker redelivers it, and the redelivery forwards again what its first
+delivery recorded. Nothing is lost; a result reaches the SDK twice only if the
+forwarder dies between a batch's committed forwards and its ack, so up to one
+batch of results (the SDK completes each future once).
 
 What the forwarder does with a message it cannot use:
 
