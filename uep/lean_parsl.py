@@ -1,18 +1,26 @@
-"""Parsl in user endpoints, without the SQLAlchemy its monitoring probes for.
+"""Parsl in user endpoints, without the optional packages it probes for.
 
-When ``parsl.monitoring.db_manager`` is imported (every Parsl process imports
-it, through ``parsl.executors.base``) it tries ``import sqlalchemy`` to see
-whether its monitoring database could run. A user endpoint never runs that
-database, but this package's environment holds SQLAlchemy for the service, so
-the probe succeeded and loaded it: about 18 MB of private memory and 0.15 s of
-start-up in each Parsl process of every user (measured with bench/compare.py).
-The official endpoint's environment lacks SQLAlchemy and never pays this.
+Importing Parsl runs two probes for optional packages a user endpoint never
+uses, and each loads the package when it is installed:
 
-:func:`install` makes exactly that probe find nothing: SQLAlchemy is hidden
-only while ``db_manager`` itself is being executed. Any other import of it,
-such as a researcher's task, works as usual. ``python -m uep.lean_parsl MODULE
-ARGS...`` runs a Parsl program (the interchange, the worker pool) this way,
-and the processes it starts with multiprocessing's spawn (the task workers).
+- ``parsl.monitoring.db_manager`` (imported by every Parsl process, through
+  ``parsl.executors.base``) tries ``import sqlalchemy`` to see whether its
+  monitoring database could run. This package's environment holds SQLAlchemy
+  for the service: about 18 MB of private memory and 0.15 s of start-up.
+- ``parsl.executors.globus_compute`` (imported by ``parsl.executors``) tries
+  ``from globus_compute_sdk import Executor`` for Parsl's executor that
+  *submits to* Globus Compute. Wherever the SDK is installed beside us (a
+  site's shared environment, our test and bench environment) it pulls in the
+  SDK, globus-sdk's auth clients and pydantic: about 26 MB and 0.25 s more.
+
+Measured with ``bench/compare.py``, per Parsl process of every user: the user
+endpoint, the interchange, the worker pool and each task worker.
+
+:func:`install` makes exactly those probes find nothing: a probed package is
+hidden only while its probing module itself is being executed. Any other import
+of it, such as a researcher's task, works as usual. ``python -m uep.lean_parsl
+MODULE ARGS...`` runs a Parsl program (the interchange, the worker pool) this
+way, and the processes it starts with multiprocessing's spawn (the task workers).
 """
 
 from __future__ import annotations
@@ -25,43 +33,49 @@ import sys
 import typing as t
 
 MODULE = "uep.lean_parsl"
-PROBE = "parsl.monitoring.db_manager"
-HIDDEN = "sqlalchemy"
+# probing module -> the optional package it must not find
+PROBES = {
+    "parsl.monitoring.db_manager": "sqlalchemy",
+    "parsl.executors.globus_compute": "globus_compute_sdk",
+}
 
 
 class _ProbeFinder(importlib.abc.MetaPathFinder):
     """Finds the probing module with the usual finders and wraps its loader."""
 
     def find_spec(self, fullname: str, path: t.Any, target: t.Any = None) -> t.Any:
-        if fullname != PROBE:
+        hidden = PROBES.get(fullname)
+        if hidden is None:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
                 continue
             spec = finder.find_spec(fullname, path, target)
             if spec is not None and spec.loader is not None:
-                spec.loader = _HidingLoader(spec.loader)
+                spec.loader = _HidingLoader(spec.loader, hidden)
                 return spec
         return None
 
 
 class _HidingLoader(importlib.abc.Loader):
-    def __init__(self, loader: t.Any) -> None:
+    def __init__(self, loader: t.Any, hidden: str) -> None:
         self._loader = loader
+        self._hidden = hidden
 
     def create_module(self, spec: t.Any) -> t.Any:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: t.Any) -> None:
-        if HIDDEN in sys.modules:  # already loaded: hiding it would save nothing
+        hidden = self._hidden
+        if hidden in sys.modules:  # already loaded: hiding it would save nothing
             self._loader.exec_module(module)
             return
-        sys.modules[HIDDEN] = None  # type: ignore[assignment]  # "import sqlalchemy" fails
+        sys.modules[hidden] = None  # type: ignore[assignment]  # its import fails
         try:
             self._loader.exec_module(module)
         finally:
-            if HIDDEN in sys.modules and sys.modules[HIDDEN] is None:
-                del sys.modules[HIDDEN]
+            if hidden in sys.modules and sys.modules[hidden] is None:
+                del sys.modules[hidden]
 
 
 def install() -> None:

@@ -1,4 +1,5 @@
-"""Parsl imported the lean way loads no SQLAlchemy, and a task can still import it."""
+"""Parsl imported the lean way loads neither SQLAlchemy nor the Globus Compute SDK,
+and a task can still import both."""
 
 from __future__ import annotations
 
@@ -16,10 +17,18 @@ import json, sys
 {setup}
 import parsl.executors.high_throughput.process_worker_pool
 from parsl.monitoring import monitoring
-loaded_with_parsl = "sqlalchemy" in sys.modules
+from parsl.executors import globus_compute
+loaded_with_parsl = sorted({{"sqlalchemy", "globus_compute_sdk"}} & set(sys.modules))
 import sqlalchemy
+import globus_compute_sdk
 missing = type(monitoring._db_manager_excepts).__name__
-print(json.dumps([loaded_with_parsl, missing, sqlalchemy.__name__]))
+print(json.dumps([
+    loaded_with_parsl,
+    missing,
+    globus_compute._globus_compute_enabled,
+    sqlalchemy.__name__,
+    globus_compute_sdk.Executor.__name__,
+]))
 """
 
 
@@ -34,18 +43,26 @@ def _run(setup: str) -> list:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_parsl_alone_loads_sqlalchemy_here():
-    """The premise: in this environment Parsl's probe finds SQLAlchemy and loads it."""
-    assert _run("") == [True, "NoneType", "sqlalchemy"]
+def test_parsl_alone_loads_both_here():
+    """The premise: in this environment Parsl's probes find both packages and load them."""
+    assert _run("") == [
+        ["globus_compute_sdk", "sqlalchemy"],
+        "NoneType",
+        True,
+        "sqlalchemy",
+        "Executor",
+    ]
 
 
 def test_lean_parsl_hides_it_from_the_probe_only():
-    """Parsl sees what it sees where SQLAlchemy is not installed (as in the official
-    endpoint's environment); the researcher's import afterwards works."""
+    """Parsl sees what it sees where neither is installed (as in a production
+    install); the researcher's imports afterwards work."""
     assert _run("from uep import lean_parsl; lean_parsl.install()") == [
-        False,
+        [],
         "OptionalModuleMissing",
+        False,
         "sqlalchemy",
+        "Executor",
     ]
 
 
@@ -66,7 +83,7 @@ import json, multiprocessing, sys
 
 def child(queue):
     import parsl.executors.high_throughput.process_worker_pool
-    queue.put("sqlalchemy" in sys.modules)
+    queue.put(sorted({"sqlalchemy", "globus_compute_sdk"} & set(sys.modules)))
 
 if __name__ == "__main__":
     ctx = multiprocessing.get_context("spawn")
@@ -83,8 +100,8 @@ def test_processes_it_spawns_import_parsl_lean_too(tmp_path):
     program = tmp_path / "spawner.py"
     program.write_text(SPAWNING_PROGRAM)
     for command, loaded in (
-        ([sys.executable, str(program)], True),
-        ([*lean_parsl.command("spawner")], False),
+        ([sys.executable, str(program)], ["globus_compute_sdk", "sqlalchemy"]),
+        ([*lean_parsl.command("spawner")], []),
     ):
         done = subprocess.run(
             command,
