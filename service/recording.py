@@ -27,7 +27,6 @@ text and NaN in JSON, and one such message must not stall everyone's results.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -122,11 +121,27 @@ def _read(raw: bytes, kind: type, queue: str) -> t.Any:
         raise Refused("malformed", f"unreadable message on the {queue} queue: {e}") from None
 
 
-def _checked(s: Session, topo: Topology, delivery: Delivery) -> tuple[schema.Task, t.Any]:
-    """The task a result is about and the result, if its sender is the task's endpoint."""
+def _parsed(delivery: Delivery) -> t.Any:
+    """The message's Result, or the refusal its body earns (raised later, in its turn)."""
+    try:
+        return _read(delivery.body, messages.Result, "results")
+    except Refused as refusal:
+        return refusal
+
+
+def _checked(
+    s: Session, topo: Topology, delivery: Delivery, parsed: t.Any = None
+) -> tuple[schema.Task, t.Any]:
+    """The task a result is about and the result, if its sender is the task's endpoint.
+
+    ``parsed`` is what :func:`_parsed` made of the body, when a batch read it
+    already; the sender is checked first either way.
+    """
     sender = sender_id(delivery.routing_key, "results")
     _check_user_id(topo, delivery, broker_accounts.USER_ENDPOINT, sender)
-    result = _read(delivery.body, messages.Result, "results")
+    result = _parsed(delivery) if parsed is None else parsed
+    if isinstance(result, Refused):
+        raise result
     task_id = str(result.task_id)
     task = s.get(schema.Task, task_id)
     if task is None:
@@ -179,8 +194,9 @@ def record_results(s: Session, topo: Topology, deliveries: list[Delivery]) -> li
     if a task changed under the batch; the caller then records the messages one
     by one, each with its own verdict.
     """
-    loaded = _preload(s, deliveries)
-    checked = [(d, *_checked(s, topo, d)) for d in deliveries]
+    parsed = [_parsed(d) for d in deliveries]
+    _pinned = _preload(s, [r for r in parsed if not isinstance(r, Refused)])
+    checked = [(d, *_checked(s, topo, d, r)) for d, r in zip(deliveries, parsed, strict=True)]
     outcomes, fresh = [], {}
     for _, task, result in checked:
         outcome = _outcome(result)
@@ -194,22 +210,17 @@ def record_results(s: Session, topo: Topology, deliveries: list[Delivery]) -> li
         done = fresh.pop(task.id, None) is outcome
         text = outcome["result"] or outcome["exception"]
         recorded.append(_forward(s, topo, task, delivery, done, text))
-    del loaded
     return recorded
 
 
-def _preload(s: Session, deliveries: list[Delivery]) -> list[t.Any]:
+def _preload(s: Session, results: list[t.Any]) -> list[t.Any]:
     """Load the tasks (and their endpoints) a batch of results is about, in two queries.
 
     :func:`_checked` then finds them in the session instead of asking the
     database once per message. The caller keeps the returned list for the
     batch: the session holds unmodified objects only while someone else does.
-    A body that cannot be read is skipped here and refused by ``_checked``.
     """
-    task_ids = []
-    for delivery in deliveries:
-        with contextlib.suppress(WireError):
-            task_ids.append(str(messages.unpack_as(delivery.body, messages.Result).task_id))
+    task_ids = [str(result.task_id) for result in results]
     if not task_ids:
         return []
     tasks = list(s.scalars(select(schema.Task).where(schema.Task.id.in_(task_ids))))
