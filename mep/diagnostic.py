@@ -28,7 +28,7 @@ from pathlib import Path
 
 import typer
 
-from wire.amqp import redact
+from wire.redaction import redact
 
 LOG_TAIL_BYTES = 256 * 1024
 # Free text (logs) can only be scrubbed: every pattern a secret is known to take.

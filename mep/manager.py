@@ -37,8 +37,9 @@ from mep.registration import Registration
 from mep.restart_policy import RestartBook, exit_facts
 from mep.runtime import Runtime
 from mep.task_queue import waiting_tasks
-from wire.amqp import connection_parameters, publish_kwargs, redact
+from wire.amqp import connection_parameters, publish_kwargs
 from wire.messages import EPStatusReport, pack
+from wire.redaction import redact
 
 log = logging.getLogger(__name__)
 LOOP_TICK_S = 0.5

@@ -24,7 +24,7 @@ from mep.monitor_link import MonitorGone, MonitorLink, MonitorRefused
 from mep.runtime import Runtime, RuntimeConfigError, known_endpoint_id
 from templates.errors import ConfigError
 from templates.manager_config import ManagerConfig, manager_config_from_text
-from wire.amqp import install_redaction
+from wire.redaction import install_redaction
 
 MONITOR_FD, LOG_FD = 3, 4
 EX_CONFIG, EX_SOFTWARE = 78, 70

@@ -16,9 +16,10 @@ import uuid
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from wire.amqp import publish_kwargs, redact
+from wire.amqp import publish_kwargs
 from wire.messages import EPStatusReport, pack
 from wire.queue_info import WriteQueueInfo
+from wire.redaction import redact
 
 log = logging.getLogger(__name__)
 NOTICE_HEARTBEAT_PERIOD = 3

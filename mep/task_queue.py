@@ -15,7 +15,7 @@ import logging
 import pika
 import pika.exceptions
 
-from wire.amqp import redact
+from wire.redaction import redact
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import urllib.parse
 import urllib.request
 
 from service.broker_accounts import Grant
-from wire.amqp import redact
+from wire.redaction import redact
 
 log = logging.getLogger(__name__)
 DEFAULT_API_PORT = 15672

@@ -164,9 +164,9 @@ def start(
     from service import store
     from service.app import create_app
     from service.context import Settings
-    from wire.amqp import install_redaction
     from wire.errors import QueueInfoError
     from wire.queue_info import check_connection_url
+    from wire.redaction import install_redaction
 
     try:
         check_connection_url(amqp_url, "--amqp-url")

@@ -22,8 +22,9 @@ import pika.spec
 
 from uep.execution import error_result
 from uep.intake import Verdict, judge
-from wire.amqp import connection_parameters, publish_kwargs, redact
+from wire.amqp import connection_parameters, publish_kwargs
 from wire.messages import EPStatusReport, Result, pack, unpack_as
+from wire.redaction import redact
 
 if t.TYPE_CHECKING:
     from uep.engines.base import Engine

@@ -1,14 +1,11 @@
 """Connecting to RabbitMQ the same way everywhere, without leaking passwords.
 
 Broker URLs carry credentials (``amqp://user:secret@host``). Every message this
-module produces, and every log record passed through :class:`RedactingFilter`,
-shows them as ``amqp://user:***@host``.
+module produces shows them as ``amqp://user:***@host`` (:mod:`wire.redaction`).
 """
 
 from __future__ import annotations
 
-import logging
-import re
 import typing as t
 
 import pika
@@ -16,46 +13,14 @@ import pika.exceptions
 
 from wire.errors import QueueInfoError, WireError
 from wire.queue_info import WriteQueueInfo, check_connection_url, rewrite_port
+from wire.redaction import redact
 
 DEFAULT_HEARTBEAT_S = 60
 DEFAULT_BLOCKED_TIMEOUT_S = 30
 
-_URL_SECRET = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/@]*:)[^\s@/]*@")
-
 
 class AmqpConnectionError(WireError):
     """The broker could not be reached or refused us (password redacted)."""
-
-
-def redact(text: str) -> str:
-    """Hide the password of every URL in ``text``."""
-    return _URL_SECRET.sub(r"\1***@", text)
-
-
-class RedactingFilter(logging.Filter):
-    """A handler filter that scrubs URL passwords from messages and tracebacks.
-
-    Attach it to handlers (not loggers) so records propagated from any library,
-    pika included, pass through it.
-    """
-
-    _formatter = logging.Formatter()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage())
-        record.args = None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self._formatter.formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        return True
-
-
-def install_redaction(logger: logging.Logger | None = None) -> None:
-    """Add a :class:`RedactingFilter` to every handler of ``logger`` (default root)."""
-    for handler in (logger or logging.getLogger()).handlers:
-        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(RedactingFilter())
 
 
 def connection_parameters(

@@ -6,9 +6,10 @@ import uuid
 
 import pytest
 
-from wire.amqp import RedactingFilter, connection_parameters, publish_kwargs, redact
+from wire.amqp import connection_parameters, publish_kwargs
 from wire.errors import QueueInfoError
 from wire.queue_info import AmqpCreds, BrokerAddress, ReadQueueInfo, WriteQueueInfo, rewrite_port
+from wire.redaction import RedactingFilter, redact
 
 URL = "amqp://svc:s3cret@broker.example.org:5672/vhost"
 
