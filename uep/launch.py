@@ -28,8 +28,8 @@ from templates.paths import user_endpoint_paths
 from templates.pidfile import AlreadyRunning, PidFile
 from uep import lean_parsl
 from uep.payload import LaunchPayload, PayloadError, credential_source, parse_payload
-from wire.amqp import install_redaction
 from wire.queue_info import AmqpCreds
+from wire.redaction import install_redaction
 
 if t.TYPE_CHECKING:
     from templates.user_config import UserEndpointConfig, UserEndpointPaths
@@ -254,7 +254,6 @@ def _follow_log(name: str, paths: UserEndpointPaths) -> None:
 
 
 def _serve(name: str, payload: LaunchPayload, creds: AmqpCreds) -> int:
-    from uep.endpoint import Settings, UserEndpoint, install_signal_handlers
     from uep.engines import build_engine
     from uep.store import Store
 
@@ -291,6 +290,9 @@ def _serve(name: str, payload: LaunchPayload, creds: AmqpCreds) -> int:
         leave_note(payload.note_fd, "start", f"({type(e).__name__}) {e}")
         report_startup_failure(creds, f"Endpoint failed to start: {e}", port)
         return EX_CONFIG
+    # Only now: the engine's workers start while this process loads the broker client.
+    from uep.endpoint import Settings, UserEndpoint, install_signal_handlers
+
     allowed = payload.allowed_functions or config.allowed_functions
     settings = Settings(
         heartbeat_period=config.heartbeat_period,

@@ -15,12 +15,12 @@ import functools
 import multiprocessing
 import os
 import threading
-import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from uep.engines.base import Engine
+from uep.pool_worker import die_with_parent
 
 
 def _cpu_count() -> int:
@@ -153,18 +153,6 @@ class ProcessPoolEngine(Engine):
                 for process in list((pool._processes or {}).values()):
                     process.terminate()
                 pool.shutdown(wait=False, cancel_futures=True)
-
-
-def die_with_parent(parent: int) -> None:
-    """Pool workers leave when the endpoint is gone, even if it was killed -9:
-    a killed endpoint must not leave idle workers behind."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(70)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _relay(inner: Future, answer: Future) -> None:
