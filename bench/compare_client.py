@@ -57,7 +57,7 @@ def first(endpoint_id: str, config: dict, barrier: str | None) -> dict:
         future = ex.submit(noop)
         future.result(timeout=RESULT_TIMEOUT_S)
         done = time.time()
-    return {"started": started, "done": done, "seconds": done - started}
+    return {"started": started, "done": done, "seconds": done - started, "task_id": future.task_id}
 
 
 def sequential(endpoint_id: str, config: dict, count: int) -> dict:
