@@ -115,3 +115,54 @@ def test_processes_it_spawns_import_parsl_lean_too(tmp_path):
         assert json.loads(done.stdout.strip().splitlines()[-1]) == {
             "child_loaded_sqlalchemy": loaded
         }
+
+
+MANAGER_PROGRAM = """
+import json, multiprocessing, os, sys
+
+with open(os.environ["IMPORTS_LOG"], "a") as log:  # each import of this module, by pid
+    log.write(f"{os.getpid()}\\n")
+
+def child():
+    pass
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("spawn")
+    manager = ctx.Manager()
+    shared = manager.dict()
+    shared["task"] = {"buffer": b"x" * 10}
+    process = ctx.Process(target=child)
+    process.start()
+    process.join(60)
+    print(json.dumps({"server": manager._process.pid, "worker": process.pid,
+                      "kept": shared["task"]["buffer"].decode()}))
+    manager.shutdown()
+"""
+
+
+def test_the_pools_manager_server_does_not_import_the_main_program(tmp_path):
+    """Only through lean_parsl: the server skips the main module, a worker keeps it."""
+    (tmp_path / "managing.py").write_text(MANAGER_PROGRAM)
+    for command, server_imports in (
+        ([sys.executable, str(tmp_path / "managing.py")], True),
+        ([*lean_parsl.command("managing")], False),
+    ):
+        log = tmp_path / f"imports-{server_imports}.log"
+        done = subprocess.run(
+            command,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+            env={
+                "PYTHONPATH": f"{REPO}:{tmp_path}",
+                "PATH": "/usr/bin:/bin",
+                "IMPORTS_LOG": str(log),
+            },
+        )
+        pids = {int(p) for p in log.read_text().split()}
+        seen = json.loads(done.stdout.strip().splitlines()[-1])
+        assert seen["kept"] == "xxxxxxxxxx"
+        assert seen["worker"] in pids
+        assert (seen["server"] in pids) is server_imports
