@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from mep.decision import LaunchPlan
-from mep.monitor.server import DEFAULT_PATH
+from mep.monitor.requests import DEFAULT_PATH
 from wire.queue_info import AmqpCreds
 
 log = logging.getLogger(__name__)

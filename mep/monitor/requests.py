@@ -42,6 +42,7 @@ import uuid
 CREDENTIALS_FD, NOTE_FD, AUDIT_FD = 3, 4, 5
 FILES = ("config", "identity_mapping", "template", "schema", "environment", "endpoint_id")
 SPAWN_FDS = 3
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"  # a user endpoint's PATH when none was given
 MAX_ENV = 256
 MAX_ENV_BYTES = 64 * 1024
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")

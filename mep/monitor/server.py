@@ -54,6 +54,7 @@ from mep.monitor.audit import AuditLog, AuditWriteError, record_line, session_li
 from mep.monitor.children import ChildTable, ExitRecord
 from mep.monitor.containment import Containment, ContainmentError, current_layout
 from mep.monitor.requests import (
+    DEFAULT_PATH,
     Read,
     Registered,
     Request,
@@ -76,7 +77,6 @@ KILL_WAIT_S = 10.0
 CLOSED_GRACE_S = 5.0
 MANAGER_MODULE = "mep.manager_process"
 EXECUTABLE = "compute-endpoint"
-DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 # A manager that ran this long and died is restarted; more deaths than this
 # within the window end the monitor instead.
 MANAGER_RESTARTS = 5
