@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import typing as t
 from pathlib import Path
 
 from uep import lean_parsl
@@ -95,6 +96,20 @@ if __name__ == "__main__":
 """
 
 
+def _last_json(command: list[str], directory: Path, **env: str) -> t.Any:
+    """Run a program of ``directory`` in a clean environment; its last line, as JSON."""
+    done = subprocess.run(
+        command,
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={"PYTHONPATH": f"{REPO}:{directory}", "PATH": "/usr/bin:/bin", **env},
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_processes_it_spawns_import_parsl_lean_too(tmp_path):
     """The worker pool's task workers are started by spawn: they get the finder first."""
     program = tmp_path / "spawner.py"
@@ -103,18 +118,7 @@ def test_processes_it_spawns_import_parsl_lean_too(tmp_path):
         ([sys.executable, str(program)], ["globus_compute_sdk", "sqlalchemy"]),
         ([*lean_parsl.command("spawner")], []),
     ):
-        done = subprocess.run(
-            command,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-            env={"PYTHONPATH": f"{REPO}:{tmp_path}", "PATH": "/usr/bin:/bin"},
-        )
-        assert json.loads(done.stdout.strip().splitlines()[-1]) == {
-            "child_loaded_sqlalchemy": loaded
-        }
+        assert _last_json(command, tmp_path) == {"child_loaded_sqlalchemy": loaded}
 
 
 MANAGER_PROGRAM = """
@@ -148,21 +152,8 @@ def test_the_pools_manager_server_does_not_import_the_main_program(tmp_path):
         ([*lean_parsl.command("managing")], False),
     ):
         log = tmp_path / f"imports-{server_imports}.log"
-        done = subprocess.run(
-            command,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-            env={
-                "PYTHONPATH": f"{REPO}:{tmp_path}",
-                "PATH": "/usr/bin:/bin",
-                "IMPORTS_LOG": str(log),
-            },
-        )
+        seen = _last_json(command, tmp_path, IMPORTS_LOG=str(log))
         pids = {int(p) for p in log.read_text().split()}
-        seen = json.loads(done.stdout.strip().splitlines()[-1])
         assert seen["kept"] == "xxxxxxxxxx"
         assert seen["worker"] in pids
         assert (seen["server"] in pids) is server_imports
