@@ -192,5 +192,12 @@ def test_endpoint_stop_cancels_the_accounts_jobs(cluster, compute_service, tmp_p
             assert job in jobs_of(account)
             stop_manager(mgr)
             assert mgr.process.returncode is not None
-            assert not jobs_of(account), run("squeue", "-u", account).stdout
+            # Cancelled before the manager ended, Slurm may list the job a moment
+            # longer while its processes end (COMPLETING); then it says how it ended.
+            wait_for(
+                lambda: not jobs_of(account),
+                30,
+                "the cancelled job to leave the queue",
+                lambda: run("squeue", "-u", account, "-t", "all").stdout,
+            )
             assert job_state(job) == "CANCELLED"
