@@ -235,8 +235,9 @@ def measure_memory(bench: Bench, mgr: Running, count: int = 10) -> dict:
 
 
 def measure_cold_starts(bench: Bench, mgr: Running, config: dict, count: int) -> dict:
-    """Median seconds of ``count`` cold starts, and how many never answered (their
-    user endpoints' logs are kept in the work directory)."""
+    """Median seconds of ``count`` cold starts at the SDK and at the service, and
+    how many never answered (their user endpoints' logs are kept in the work
+    directory)."""
     seconds, task_ids, failures = [], [], 0
     for _ in range(count):
         client, person = bench.identity()

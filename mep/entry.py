@@ -23,7 +23,7 @@ def user_endpoint_name(args: list[str]) -> str | None:
     if not args or args[0] != START:
         return None
     rest = [a for a in args[1:] if a != DIE_WITH_PARENT]
-    if len(rest) != 1 or rest[0].startswith("-") or len(args) - 1 - len(rest) > 1:
+    if len(rest) != 1 or rest[0].startswith("-") or args.count(DIE_WITH_PARENT) > 1:
         return None
     return rest[0]
 
