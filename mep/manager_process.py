@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from mep import registration as r
+from mep.forked_call import call_in_child
 from mep.manager import Manager
 from mep.monitor_link import MonitorGone, MonitorLink, MonitorRefused
 from mep.runtime import Runtime, RuntimeConfigError, known_endpoint_id
@@ -65,22 +66,34 @@ def load_config(link: MonitorLink, endpoint_dir: Path, files: dict[str, str]) ->
 def register(
     name: str, config: ManagerConfig, runtime: Runtime, link: MonitorLink
 ) -> r.Registration:
-    """Register with the service (POST, or PUT with the id ``endpoint.json`` keeps)."""
+    """Register with the service (POST, or PUT with the id ``endpoint.json`` keeps).
+
+    The HTTP exchange runs in a forked child (:mod:`mep.forked_call`), so the
+    manager never holds globus-sdk and its HTTP stack; the answer is checked here.
+    """
     creds = r.client_credentials(os.environ)
     service_url, auth_url = r.resolve_urls(config.service_url, config.auth_url, os.environ)
-    if not runtime.multi_user:
-        runtime.owner_identities = r.owner_identities(auth_url, *creds)
-    schema_text = link.read_text("schema")
-    body = r.registration_body(
-        name,
-        config,
-        multi_user=runtime.multi_user,
-        config_text=link.read_text("config") or "",
-        template_text=link.read_text("template"),
-        schema=_schema(schema_text),
-    )
-    client = r.compute_client(service_url, auth_url, *creds)
-    registration = r.register(client, body, known_endpoint_id(link))
+    texts = {what: link.read_text(what) for what in ("config", "template", "schema")}
+    known = known_endpoint_id(link)
+    multi_user = runtime.multi_user
+
+    def exchange() -> dict:
+        owners = None if multi_user else sorted(r.owner_identities(auth_url, *creds))
+        body = r.registration_body(
+            name,
+            config,
+            multi_user=multi_user,
+            config_text=texts["config"] or "",
+            template_text=texts["template"],
+            schema=_schema(texts["schema"]),
+        )
+        answer = r.send_registration(service_url, auth_url, *creds, body, known)
+        return {"owners": owners, "answer": answer}
+
+    outcome = call_in_child(exchange)
+    if not multi_user:
+        runtime.owner_identities = frozenset(outcome["owners"])
+    registration = r.parse_registration(outcome["answer"], known)
     runtime.bind_endpoint(str(registration.endpoint_id))
     return registration
 

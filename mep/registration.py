@@ -15,7 +15,6 @@ import socket
 import typing as t
 import uuid
 from collections.abc import Mapping
-from importlib.metadata import version
 from pathlib import Path
 
 if t.TYPE_CHECKING:
@@ -99,6 +98,8 @@ def registration_body(
     schema: dict | None,
 ) -> dict:
     """The registration document, fields present only when set (as the official CLI)."""
+    from importlib.metadata import version  # only in the registering child (mep.forked_call)
+
     body: dict[str, t.Any] = {
         "endpoint_name": name,
         "public": bool(config.public),
@@ -221,10 +222,20 @@ def owner_identities(auth_url: str, client_id: str, secret: str) -> frozenset[st
     return subs
 
 
-def register(
-    client: globus_sdk.ComputeClientV3, body: dict, endpoint_id: uuid.UUID | None
-) -> Registration:
-    """POST a new registration, or PUT to keep the id we already have."""
+def send_registration(
+    service_url: str,
+    auth_url: str,
+    client_id: str,
+    secret: str,
+    body: dict,
+    endpoint_id: uuid.UUID | None,
+) -> t.Any:
+    """POST a new registration, or PUT to keep the id we already have; the answer's JSON.
+
+    The answer is checked by :func:`parse_registration`, in the caller: this is
+    the edge that runs in the short-lived registering child.
+    """
+    client = compute_client(service_url, auth_url, client_id, secret)
     try:
         if endpoint_id is None:
             answer = client.register_endpoint(body)
@@ -232,4 +243,4 @@ def register(
             answer = client.update_endpoint(endpoint_id, body)
     except Exception as e:
         raise _http_failure(e) from None
-    return parse_registration(answer.data, endpoint_id)
+    return answer.data

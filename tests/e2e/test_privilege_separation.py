@@ -12,6 +12,7 @@ running the endpoint as themselves, without root, still works.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import pwd
@@ -65,6 +66,17 @@ atexit.register(lambda: open(sys.argv[1], "w").write(json.dumps(sorted(sys.modul
 from mep.monitor.__main__ import main
 sys.exit(main())
 """
+# The same for the manager, as the monitor's manager_program, writing beside itself.
+MANAGER_RECORDER = """\
+import atexit, json, os, sys
+record = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "modules.json")
+atexit.register(lambda: open(record, "w").write(json.dumps(sorted(sys.modules))))
+from mep.manager_process import main
+sys.exit(main())
+"""
+# What the manager needs only to register: its registering child loads it (mep.forked_call).
+# (cryptography.fernet is not in it: the credential channel encrypts with it.)
+HTTP_STACK = ("globus_sdk", "requests", "urllib3", "jwt", "charset_normalizer", "idna", "certifi")
 
 
 def _submit(mgr, who: str, tmp_path: Path, mode: str = "run") -> dict:
@@ -141,15 +153,39 @@ def test_killing_the_manager_stops_every_user_endpoint_and_a_new_one_serves(spli
     assert out["whoami"]["user"] == alice.pw_name
 
 
-def test_the_monitor_loads_no_parser_and_no_network_library(compute_service, tmp_path):
-    """A whole start, task and stop through a monitor that records its modules at exit."""
+def test_the_monitor_loads_no_parser_and_the_manager_no_http_client(compute_service, tmp_path):
+    """A whole start, task and stop through a monitor and a manager that record their
+    modules at exit: the monitor loads no parser and no network library; the manager
+    registered (so it served the task) without ever loading the HTTP client stack."""
+    wrapper_dir = Path(tempfile.mkdtemp(prefix="ca-recorder-", dir="/tmp"))
+    try:
+        wrapper_dir.chmod(0o755)
+        (wrapper_dir / "manager.py").write_text(MANAGER_RECORDER)
+        (wrapper_dir / "out").mkdir()
+        os.chown(wrapper_dir / "out", MANAGER_ACCOUNT.pw_uid, MANAGER_ACCOUNT.pw_gid)
+        monitor_modules = _record_modules(compute_service, tmp_path, wrapper_dir / "manager.py")
+        manager_modules = json.loads((wrapper_dir / "out" / "modules.json").read_text())
+    finally:
+        shutil.rmtree(wrapper_dir)
+    assert "mep.monitor.server" in monitor_modules and "mep.monitor.spawn" in monitor_modules
+    loaded = sorted(m for m in monitor_modules if m.split(".")[0] in FORBIDDEN)
+    assert loaded == [], f"the root monitor loaded {loaded}"
+    assert "pika" in manager_modules and "mep.forked_call" in manager_modules
+    loaded = sorted(m for m in manager_modules if m.split(".")[0] in HTTP_STACK)
+    assert loaded == [], f"the long-lived manager loaded {loaded}"
+
+
+def _record_modules(compute_service, tmp_path: Path, manager_program: Path) -> list[str]:
     with local_accounts(1, "mods") as (users, _group):
         routes = {"alice@uni.edu": users[0].pw_name}
         with running_manager(compute_service, tmp_path, routes, TEMPLATE, SCHEMA) as mgr:
             endpoint_id = mgr.id
             stop_manager(mgr)
             config = load_manager_config(mgr.dir / "config.yaml")
-            settings = monitor_settings("ep", mgr.dir, config, detached=False, debug=False)
+            settings = dataclasses.replace(
+                monitor_settings("ep", mgr.dir, config, detached=False, debug=False),
+                manager_program=str(manager_program),
+            )
             stdin = sealed_memfd(settings.to_json().encode())
             record = tmp_path / "modules.json"
             with open(tmp_path / "monitor.err", "w") as err:
@@ -166,10 +202,7 @@ def test_the_monitor_loads_no_parser_and_no_network_library(compute_service, tmp
             assert _submit(mgr, "alice", tmp_path)["whoami"]["user"] == users[0].pw_name
             stop_manager(mgr)
             assert mgr.process.returncode == 0, (tmp_path / "monitor.err").read_text()
-    modules = json.loads(record.read_text())
-    assert "mep.monitor.server" in modules and "mep.monitor.spawn" in modules
-    loaded = sorted(m for m in modules if m.split(".")[0] in FORBIDDEN)
-    assert loaded == [], f"the root monitor loaded {loaded}"
+    return json.loads(record.read_text())
 
 
 # ---- the admin's preview and a real start render the same config ------------------
