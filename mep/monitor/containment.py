@@ -15,9 +15,9 @@ processes) sit on the ``<local account>`` level, in v2 when its controllers are
 available there, otherwise in the cgroup v1 ``memory`` and ``pids``
 hierarchies, laid out the same way.
 
-If the monitor dies (kill -9 included), its *warden*, a child that only waits
-for the parent-death signal, gives the user endpoints a moment to stop on their
-own and then kills every cell. Without cgroup v2 the monitor becomes a child
+If the monitor dies (kill -9 included), its *warden*, a small shell child that
+only waits for the end of a pipe the monitor holds (``warden.sh``), gives the
+user endpoints a moment to stop on their own and then kills every cell. Without cgroup v2 the monitor becomes a child
 subreaper instead (see :mod:`mep.monitor.children`): a user endpoint's orphans are
 reparented to the monitor, which kills them once that account runs no user
 endpoint; a monitor killed with SIGKILL leaves them to init there.
@@ -34,7 +34,6 @@ import errno
 import logging
 import os
 import signal
-import sys
 import time
 import typing as t
 from pathlib import Path
@@ -42,7 +41,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 RELEASE_WAIT_S = 5.0
 WARDEN_TITLE = "compute-agent warden"
-WARDEN_GRACE_S = 3.0
+WARDEN_SCRIPT = Path(__file__).with_name("warden.sh")
+_WARDEN_IGNORES = {signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM}
 _POLL_S = 0.05
 _LIMIT_FILES = {
     # controller: (v2 file, v1 file)
@@ -192,6 +192,7 @@ class Containment:
         self.unified_base: Path | None = None
         self.v1_bases: dict[str, Path] = {}
         self.warden_pid: int | None = None
+        self._warden_pipe: int | None = None
 
     @property
     def contained(self) -> bool:
@@ -276,32 +277,71 @@ class Containment:
         """At manager stop: release every cell, stop the warden, remove the bases."""
         for name in list(self.cells):
             self.release(name)
-        if self.warden_pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.warden_pid, signal.SIGTERM)  # our own child: not recyclable
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.warden_pid, 0)
-            self.warden_pid = None
+        self._stop_warden()
         for base in (self.unified_base, *self.v1_bases.values()):
             if base is not None:
                 _sweep(base)
 
     # ---- the warden ----------------------------------------------------
     def start_warden(self) -> None:
-        """Fork the process that kills every cell if the monitor dies.
+        """Start the process that kills every cell if the monitor dies.
 
-        Not an identity change: it stays root and execs nothing. It closes every
-        inherited descriptor (no socket or pipe of the monitor's outlives the
-        monitor in it) and runs only ``os`` calls and pure Python.
+        A fork that at once becomes ``/bin/sh`` running ``warden.sh`` as root, with
+        only the read end of a pipe (its standard input) and /dev/null: the
+        monitor holds the write end, close-on-exec, so no user endpoint or
+        manager keeps the pipe open when the monitor is gone.
         """
         if not self.contained:
             return
+        if not WARDEN_SCRIPT.is_file():
+            log.error(
+                "%s is missing (a broken installation): if the monitor is killed, what"
+                " its user endpoints started outlives it",
+                WARDEN_SCRIPT,
+            )
+            return
         bases = [str(b) for b in (self.unified_base, *self.v1_bases.values()) if b]
-        parent = os.getpid()
+        read_end, write_end = os.pipe()
+        argv = [f"{WARDEN_TITLE} {bases[0]}", str(WARDEN_SCRIPT), *bases]
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WARDEN_IGNORES)
         pid = os.fork()
         if pid == 0:
-            _warden(parent, bases)
-        self.warden_pid = pid
+            _exec_warden(read_end, argv, mask)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(read_end)
+        self.warden_pid, self._warden_pipe = pid, write_end
+
+    def _stop_warden(self) -> None:
+        """Tell the warden this is a normal stop, and reap it."""
+        if self._warden_pipe is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._warden_pipe, b"stop\n")
+            os.close(self._warden_pipe)
+            self._warden_pipe = None
+        if self.warden_pid is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.warden_pid, 0)
+            self.warden_pid = None
+
+
+def _exec_warden(pipe: int, argv: list[str], mask: set) -> t.NoReturn:
+    """In the forked child: the pipe becomes stdin, /dev/null the rest, then exec.
+
+    The stop signals were blocked across the fork and are ignored before they
+    are unblocked, so no handler of the monitor's ever runs in this copy of it.
+    """
+    try:
+        for sig in _WARDEN_IGNORES:
+            signal.signal(sig, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        null = os.open(os.devnull, os.O_RDWR)  # hold no one's pipe (start waits on stdout)
+        os.dup2(pipe, 0)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        os.execve("/bin/sh", argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    finally:
+        os._exit(127)
 
 
 def _write_controllers(cgroup: Path, controllers: t.Iterable[str]) -> None:
@@ -338,40 +378,6 @@ def _level(base: Path, account: str, limits: dict[str, int], *, v2: bool) -> Pat
     return level
 
 
-def _warden(parent: int, bases: list[str]) -> t.NoReturn:
-    try:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_IGN)
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-        null = os.open(os.devnull, os.O_RDWR)  # hold no one's pipe (start waits on stdout)
-        os.dup2(null, 0)
-        os.dup2(null, 1)
-        os.close(null)
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        title = sys.modules.get("setproctitle")  # loaded by the monitor; nothing is imported here
-        if title is not None:
-            title.setproctitle(f"{WARDEN_TITLE} {bases[0]}")
-        if os.getppid() == parent:
-            signal.sigwait({signal.SIGTERM})
-        if os.getppid() != parent:  # the monitor died: its user endpoints got SIGTERM too
-            deadline = time.monotonic() + WARDEN_GRACE_S
-            while time.monotonic() < deadline and _any_populated(bases[0]):
-                time.sleep(0.1)
-        for base in bases:
-            _sweep(Path(base))
-    finally:
-        os._exit(0)
-
-
-def _any_populated(base: str) -> bool:
-    try:
-        with open(os.path.join(base, "cgroup.events")) as f:
-            return "populated 1" in f.read()
-    except OSError:
-        return False
-
-
 def _sweep(base: Path) -> None:
     """Kill every process under ``base`` (v2) and remove its directories, deepest first.
 
@@ -394,7 +400,7 @@ def _sweep(base: Path) -> None:
                 time.sleep(_POLL_S)
 
 
-_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
+_PR_SET_CHILD_SUBREAPER = 36
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
