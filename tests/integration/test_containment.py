@@ -165,6 +165,39 @@ def test_the_warden_kills_every_cell_when_the_manager_is_killed():
             os.kill(int(daemon), signal.SIGKILL)
 
 
+@needs_v2
+def test_the_warden_holds_nothing_of_the_monitors_and_leaves_on_a_normal_stop():
+    """In the test process itself (the monitor's role): the warden is a shell with
+    its pipe and /dev/null, ignores stray stop signals, and exits on "stop"."""
+    box = Containment(LAYOUT, str(uuid.uuid4()))
+    box.prepare()
+    held = os.pipe()  # descriptors of the "monitor's" that must not reach the warden
+    os.set_inheritable(held[0], True)
+    try:
+        box.start_warden()
+        warden = box.warden_pid
+        deadline = time.monotonic() + 5
+        while not Path(f"/proc/{warden}/cmdline").read_bytes().startswith(b"compute-agent warden"):
+            assert time.monotonic() < deadline, "the warden did not exec its shell"
+            time.sleep(0.02)
+        fds = {int(fd.name): os.readlink(fd) for fd in Path(f"/proc/{warden}/fd").iterdir()}
+        assert fds[0].startswith("pipe:") and fds[1] == fds[2] == os.devnull, fds
+        others = {fd: target for fd, target in fds.items() if fd > 2}
+        assert all(target.endswith("mep/monitor/warden.sh") for target in others.values()), fds
+        os.kill(warden, signal.SIGTERM)  # e.g. the whole group signalled: ignored
+        time.sleep(0.3)
+        assert alive(warden)
+        base = box.unified_base
+        box.close()
+        assert not alive(warden) and box.warden_pid is None
+        assert not base.exists()
+    finally:
+        for fd in held:
+            os.close(fd)
+        with contextlib.suppress(ProcessLookupError, TypeError):
+            os.kill(warden, signal.SIGKILL)
+
+
 FLOOR = textwrap.dedent(
     """
     import os, subprocess, sys, time
