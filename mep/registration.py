@@ -1,8 +1,10 @@
 """Registering the manager with the compute service (the official /v3/endpoints contract).
 
-The body and the checks on the answer are pure; :func:`register` is the edge
-that talks HTTP through globus-sdk with client credentials. Each failure maps
-to a sysexits code and a message that tells the admin what to do.
+The body and the checks on the answer are pure; :func:`send_registration` and
+:func:`owner_identities` are the edges that talk HTTP through globus-sdk with
+client credentials, run by the manager in a short-lived child
+(:mod:`mep.forked_call`). Each failure maps to a sysexits code and a message
+that tells the admin what to do.
 """
 
 from __future__ import annotations
