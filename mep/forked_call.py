@@ -1,15 +1,16 @@
 """One call made in a short-lived forked child, its JSON-able answer sent back.
 
-The manager lives for weeks but talks HTTP only at start, to register. The
-HTTP stack (globus-sdk, requests, cryptography, jwt) is about half of what the
-manager would hold in memory for the rest of its life, so the registration
-runs in a child that imports it, answers through a pipe and exits. The parent
-never imports any of it; what comes back is plain JSON, checked by the pure
-code of :mod:`mep.registration`.
+The manager lives for weeks, yet some of its work needs a large library once
+or rarely: the HTTP stack (globus-sdk, requests, jwt) to register at start,
+cryptography to seal a user endpoint's broker credentials at each start or
+refresh. Held in the manager, each would cost memory for the rest of its life;
+so the call runs in a child that imports what it needs, answers through a pipe
+and exits. The parent never imports any of it and gets plain JSON back.
 
 The child is a copy of the manager (same account, same code, no exec), so it
-is as trusted as the caller; a registration refusal crosses the pipe as its
-exit code and message, anything else as a failure the admin can read.
+is as trusted as the caller. A caller that needs to pass a refusal back (a
+registration's exit code, say) returns it as a value; anything the call raises
+comes back as :class:`ChildCallFailed`, with its type and message.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import json
 import os
 import typing as t
 
-from mep.registration import EX_SOFTWARE, RegistrationError
+
+class ChildCallFailed(Exception):
+    """The call raised in the child, or the child died without answering."""
 
 
 def call_in_child(call: t.Callable[[], t.Any]) -> t.Any:
-    """``call()`` run in a forked child; its result, or its RegistrationError re-raised."""
+    """``call()`` run in a forked child; its result, or :class:`ChildCallFailed`."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -36,12 +39,10 @@ def call_in_child(call: t.Callable[[], t.Any]) -> t.Any:
 
 
 def _answer(call: t.Callable[[], t.Any], fd: int) -> t.NoReturn:
-    """In the child: write ``{"value"|"refused"|"failed": ...}`` and exit, whatever happens."""
+    """In the child: write ``{"value"|"failed": ...}`` and exit, whatever happens."""
     try:
         try:
             payload = json.dumps({"value": call()})
-        except RegistrationError as e:
-            payload = json.dumps({"refused": [e.exit_code, str(e)]})
         except BaseException as e:  # any failure is reported to the parent, never lost
             payload = json.dumps({"failed": f"{type(e).__name__}: {e}"})
         with os.fdopen(fd, "wb") as pipe:
@@ -57,12 +58,7 @@ def _outcome(raw: bytes, status: int) -> t.Any:
     except ValueError:
         document = None
     if not isinstance(document, dict) or len(document) != 1:
-        raise RegistrationError(
-            EX_SOFTWARE, f"the registration process gave no answer (wait status {status})"
-        )
+        raise ChildCallFailed(f"the child process gave no answer (wait status {status})")
     if "value" in document:
         return document["value"]
-    if "refused" in document:
-        code, message = document["refused"]
-        raise RegistrationError(int(code), str(message))
-    raise RegistrationError(EX_SOFTWARE, f"the registration failed: {document.get('failed')}")
+    raise ChildCallFailed(str(document.get("failed")))

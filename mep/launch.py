@@ -8,6 +8,7 @@ endpoint pick up fresh broker credentials, is :class:`CredentialChannel`.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from mep.decision import LaunchPlan
+from mep.forked_call import call_in_child
 from mep.monitor.requests import DEFAULT_PATH
 from wire.queue_info import AmqpCreds
 
@@ -115,20 +117,25 @@ class CredentialChannel:
 
     The child gets a read-only descriptor and the key (on stdin); a repeated
     start command for a running endpoint rewrites the content, which the user
-    endpoint re-reads on every reconnect.
+    endpoint re-reads on every reconnect. The content is a Fernet token, as
+    4.19 writes it; the sealing runs in a forked child (:mod:`mep.forked_call`)
+    so the manager never loads cryptography.
     """
 
     def __init__(self, name: str, creds: AmqpCreds) -> None:
-        from cryptography.fernet import Fernet
-
-        self.key = Fernet.generate_key().decode()
-        self._fernet = Fernet(self.key.encode())
+        self.key = base64.urlsafe_b64encode(os.urandom(32)).decode()  # a Fernet key
         self._fd = os.memfd_create(f"compute-agent-creds-{name}", os.MFD_CLOEXEC)
-        self.write(creds)
-        self.child_fd = os.open(f"/proc/self/fd/{self._fd}", os.O_RDONLY | os.O_CLOEXEC)
+        self.child_fd = -1
+        try:
+            self.write(creds)
+            self.child_fd = os.open(f"/proc/self/fd/{self._fd}", os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            self.close()
+            raise
 
     def write(self, creds: AmqpCreds) -> None:
-        token = self._fernet.encrypt(json.dumps({"amqp_creds": creds.to_dict()}).encode())
+        document = json.dumps({"amqp_creds": creds.to_dict()})
+        token = call_in_child(lambda: fernet_token(self.key, document)).encode()
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, token, 0)
 
@@ -143,6 +150,13 @@ class CredentialChannel:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def fernet_token(key: str, plaintext: str) -> str:
+    """``plaintext`` sealed with ``key`` as a Fernet token (what ``enckey`` opens)."""
+    from cryptography.fernet import Fernet
+
+    return Fernet(key.encode()).encrypt(plaintext.encode()).decode()
 
 
 NOTE_MAX = 4096

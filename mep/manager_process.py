@@ -16,11 +16,11 @@ import json
 import logging
 import os
 import sys
+import typing as t
 from pathlib import Path
 
 from mep import registration as r
-from mep.forked_call import call_in_child
-from mep.manager import Manager
+from mep.forked_call import ChildCallFailed, call_in_child
 from mep.monitor_link import MonitorGone, MonitorLink, MonitorRefused
 from mep.runtime import Runtime, RuntimeConfigError, known_endpoint_id
 from templates.errors import ConfigError
@@ -78,24 +78,39 @@ def register(
     multi_user = runtime.multi_user
 
     def exchange() -> dict:
-        owners = None if multi_user else sorted(r.owner_identities(auth_url, *creds))
-        body = r.registration_body(
-            name,
-            config,
-            multi_user=multi_user,
-            config_text=texts["config"] or "",
-            template_text=texts["template"],
-            schema=_schema(texts["schema"]),
-        )
-        answer = r.send_registration(service_url, auth_url, *creds, body, known)
+        try:
+            owners = None if multi_user else sorted(r.owner_identities(auth_url, *creds))
+            body = r.registration_body(
+                name,
+                config,
+                multi_user=multi_user,
+                config_text=texts["config"] or "",
+                template_text=texts["template"],
+                schema=_schema(texts["schema"]),
+            )
+            answer = r.send_registration(service_url, auth_url, *creds, body, known)
+        except r.RegistrationError as e:  # crosses the pipe as a value, exit code kept
+            return {"refused": [e.exit_code, str(e)]}
         return {"owners": owners, "answer": answer}
 
-    outcome = call_in_child(exchange)
+    outcome = _registering_child(exchange)
     if not multi_user:
         runtime.owner_identities = frozenset(outcome["owners"])
     registration = r.parse_registration(outcome["answer"], known)
     runtime.bind_endpoint(str(registration.endpoint_id))
     return registration
+
+
+def _registering_child(exchange: t.Callable[[], dict]) -> dict:
+    """``exchange()``'s answer from a forked child; its refusal or failure as RegistrationError."""
+    try:
+        outcome = call_in_child(exchange)
+    except ChildCallFailed as e:
+        raise r.RegistrationError(r.EX_SOFTWARE, f"the registration failed: {e}") from None
+    if "refused" in outcome:
+        code, message = outcome["refused"]
+        raise r.RegistrationError(int(code), str(message))
+    return outcome
 
 
 def _schema(text: str | None) -> dict | None:
@@ -148,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.get("USER", "?"),
         os.getpid(),
     )
+    from mep.manager import Manager  # pika, only once registered
+
     try:
         return Manager(runtime, registration, link).run()
     except Exception:

@@ -74,9 +74,10 @@ atexit.register(lambda: open(record, "w").write(json.dumps(sorted(sys.modules)))
 from mep.manager_process import main
 sys.exit(main())
 """
-# What the manager needs only to register: its registering child loads it (mep.forked_call).
-# (cryptography.fernet is not in it: the credential channel encrypts with it.)
+# What the long-lived manager never loads: the HTTP stack (only to register) and
+# cryptography (to seal credentials) are its forked children's (mep.forked_call).
 HTTP_STACK = ("globus_sdk", "requests", "urllib3", "jwt", "charset_normalizer", "idna", "certifi")
+NOT_IN_MANAGER = (*HTTP_STACK, "cryptography")
 
 
 def _submit(mgr, who: str, tmp_path: Path, mode: str = "run") -> dict:
@@ -156,7 +157,8 @@ def test_killing_the_manager_stops_every_user_endpoint_and_a_new_one_serves(spli
 def test_the_monitor_loads_no_parser_and_the_manager_no_http_client(compute_service, tmp_path):
     """A whole start, task and stop through a monitor and a manager that record their
     modules at exit: the monitor loads no parser and no network library; the manager
-    registered (so it served the task) without ever loading the HTTP client stack."""
+    registered and started a user endpoint with sealed credentials (so it served the
+    task) without ever loading the HTTP client stack or cryptography."""
     wrapper_dir = Path(tempfile.mkdtemp(prefix="ca-recorder-", dir="/tmp"))
     try:
         wrapper_dir.chmod(0o755)
@@ -171,7 +173,7 @@ def test_the_monitor_loads_no_parser_and_the_manager_no_http_client(compute_serv
     loaded = sorted(m for m in monitor_modules if m.split(".")[0] in FORBIDDEN)
     assert loaded == [], f"the root monitor loaded {loaded}"
     assert "pika" in manager_modules and "mep.forked_call" in manager_modules
-    loaded = sorted(m for m in manager_modules if m.split(".")[0] in HTTP_STACK)
+    loaded = sorted(m for m in manager_modules if m.split(".")[0] in NOT_IN_MANAGER)
     assert loaded == [], f"the long-lived manager loaded {loaded}"
 
 

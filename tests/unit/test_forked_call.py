@@ -1,4 +1,4 @@
-"""mep.forked_call: a call made in a forked child comes back as JSON, or as its refusal."""
+"""mep.forked_call: a call made in a forked child comes back as JSON, or as its failure."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from mep.forked_call import call_in_child
+from mep import manager_process
+from mep.forked_call import ChildCallFailed, call_in_child
 from mep.registration import EX_NOPERM, EX_SOFTWARE, RegistrationError
 
 
@@ -20,46 +21,62 @@ def test_the_value_comes_back_and_the_child_is_reaped():
         os.waitpid(answer["pid"], os.WNOHANG)
 
 
-def test_a_refusal_keeps_its_exit_code_and_message():
+def test_any_failure_names_itself():
+    with pytest.raises(ChildCallFailed, match=r"^ZeroDivisionError: division by zero$"):
+        call_in_child(lambda: 1 / 0)
+
+
+def test_an_answer_that_is_not_json_is_a_failure_not_a_crash():
+    with pytest.raises(ChildCallFailed, match="TypeError"):
+        call_in_child(lambda: {1, 2})
+
+
+def test_a_child_that_dies_without_answering_is_reported():
+    with pytest.raises(ChildCallFailed, match=r"gave no answer \(wait status 768\)"):
+        call_in_child(lambda: os._exit(3))
+
+
+def test_a_registration_refusal_keeps_its_exit_code_and_message():
     def refuse():
         raise RegistrationError(EX_NOPERM, "the service refused our credentials (401)")
 
+    def exchange():
+        try:
+            refuse()
+        except RegistrationError as e:
+            return {"refused": [e.exit_code, str(e)]}
+
     with pytest.raises(RegistrationError) as caught:
-        call_in_child(refuse)
+        manager_process._registering_child(exchange)
     assert caught.value.exit_code == EX_NOPERM
     assert str(caught.value) == "the service refused our credentials (401)"
 
 
-def test_any_other_failure_names_itself():
+def test_a_registering_child_that_fails_is_a_software_error():
     with pytest.raises(RegistrationError) as caught:
-        call_in_child(lambda: 1 / 0)
+        manager_process._registering_child(lambda: os._exit(3))
     assert caught.value.exit_code == EX_SOFTWARE
-    assert "ZeroDivisionError" in str(caught.value)
+    assert str(caught.value) == (
+        "the registration failed: the child process gave no answer (wait status 768)"
+    )
 
 
-def test_an_answer_that_is_not_json_is_a_failure_not_a_crash():
-    with pytest.raises(RegistrationError) as caught:
-        call_in_child(lambda: {1, 2})
-    assert caught.value.exit_code == EX_SOFTWARE
-    assert "TypeError" in str(caught.value)
-
-
-def test_a_child_that_dies_without_answering_is_reported():
-    with pytest.raises(RegistrationError) as caught:
-        call_in_child(lambda: os._exit(3))
-    assert caught.value.exit_code == EX_SOFTWARE
-    assert "gave no answer (wait status 768)" in str(caught.value)
-
-
-def test_the_parent_never_imports_what_the_call_imports():
+@pytest.mark.parametrize(
+    "call, module",
+    [
+        ("import globus_sdk", "globus_sdk"),
+        ("from mep.launch import fernet_token; fernet_token('A' * 43 + '=', 'x')", "cryptography"),
+    ],
+)
+def test_the_parent_never_imports_what_the_call_imports(call, module):
     """The point of the child: what the call loads stays out of the long-lived process."""
     program = (
         "import sys\n"
         "from mep.forked_call import call_in_child\n"
         "def call():\n"
-        "    import globus_sdk\n"
-        "    return 'globus_sdk' in sys.modules\n"
-        "print(call_in_child(call), 'globus_sdk' in sys.modules)\n"
+        f"    {call}\n"
+        f"    return {module!r} in sys.modules\n"
+        f"print(call_in_child(call), {module!r} in sys.modules)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", program], capture_output=True, text=True, timeout=60

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 import uuid
 from types import SimpleNamespace
 
@@ -248,3 +250,27 @@ def test_urls_follow_config_then_environment(env, expected):
         "http://svc:8000",
         "http://svc:8000/",
     )
+
+
+def test_the_manager_seals_credentials_without_loading_cryptography():
+    """The Fernet token is made in a forked child: the manager's own modules stay lean."""
+    program = (
+        "import json, os, sys\n"
+        "from mep.launch import CredentialChannel\n"
+        "from wire.queue_info import AmqpCreds\n"
+        "doc = json.loads(sys.stdin.read())\n"
+        "channel = CredentialChannel('uep.1', AmqpCreds.from_dict(doc))\n"
+        "token = os.pread(channel.child_fd, 1 << 16, 0).decode()\n"
+        "print(json.dumps([channel.key, token, 'cryptography' in sys.modules]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        input=json.dumps(creds("first").to_dict()),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    key, token, loaded = json.loads(done.stdout)
+    assert loaded is False, done.stderr
+    opened = json.loads(Fernet(key.encode()).decrypt(token.encode()))
+    assert opened["amqp_creds"]["task_queue_info"]["queue"] == "first"
