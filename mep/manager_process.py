@@ -25,6 +25,7 @@ from mep.monitor_link import MonitorGone, MonitorLink, MonitorRefused
 from mep.runtime import Runtime, RuntimeConfigError, known_endpoint_id
 from templates.errors import ConfigError
 from templates.manager_config import ManagerConfig, manager_config_from_text
+from wire import lean_pika
 from wire.redaction import install_redaction
 
 MONITOR_FD, LOG_FD = 3, 4
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.get("USER", "?"),
         os.getpid(),
     )
-    from mep.manager import Manager  # pika, only once registered
+    lean_pika.install()  # before mep.manager brings in pika
+    from mep.manager import Manager
 
     try:
         return Manager(runtime, registration, link).run()

@@ -75,9 +75,10 @@ from mep.manager_process import main
 sys.exit(main())
 """
 # What the long-lived manager never loads: the HTTP stack (only to register) and
-# cryptography (to seal credentials) are its forked children's (mep.forked_call).
+# cryptography (to seal credentials) are its forked children's (mep.forked_call);
+# asyncio is pika's adapter it never uses (wire.lean_pika).
 HTTP_STACK = ("globus_sdk", "requests", "urllib3", "jwt", "charset_normalizer", "idna", "certifi")
-NOT_IN_MANAGER = (*HTTP_STACK, "cryptography")
+NOT_IN_MANAGER = (*HTTP_STACK, "cryptography", "asyncio")
 
 
 def _submit(mgr, who: str, tmp_path: Path, mode: str = "run") -> dict:
@@ -158,7 +159,7 @@ def test_the_monitor_loads_no_parser_and_the_manager_no_http_client(compute_serv
     """A whole start, task and stop through a monitor and a manager that record their
     modules at exit: the monitor loads no parser and no network library; the manager
     registered and started a user endpoint with sealed credentials (so it served the
-    task) without ever loading the HTTP client stack or cryptography."""
+    task) without ever loading the HTTP client stack, cryptography or asyncio."""
     wrapper_dir = Path(tempfile.mkdtemp(prefix="ca-recorder-", dir="/tmp"))
     try:
         wrapper_dir.chmod(0o755)
