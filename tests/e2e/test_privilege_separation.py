@@ -76,9 +76,9 @@ sys.exit(main())
 """
 # What the long-lived manager never loads: the HTTP stack (only to register) and
 # cryptography (to seal credentials) are its forked children's (mep.forked_call);
-# asyncio is pika's adapter it never uses (wire.lean_pika).
+# asyncio is pika's adapter it never uses (wire.lean_pika); argparse would be there for one parse.
 HTTP_STACK = ("globus_sdk", "requests", "urllib3", "jwt", "charset_normalizer", "idna", "certifi")
-NOT_IN_MANAGER = (*HTTP_STACK, "cryptography", "asyncio")
+NOT_IN_MANAGER = (*HTTP_STACK, "cryptography", "asyncio", "argparse")
 
 
 def _submit(mgr, who: str, tmp_path: Path, mode: str = "run") -> dict:
