@@ -248,3 +248,55 @@ def test_a_reported_state_is_stored_cut_to_a_bounded_size(sessions):
     assert kept["config_raw"].endswith("[cut by the service]") and len(kept["config_raw"]) < 17_000
     assert kept["many"] == list(range(recording.STATE_ITEMS_LIMIT))
     assert "cut by the service" in str(kept["nested"]) and len(str(kept["nested"])) < 300
+
+
+def test_a_submit_is_journaled_with_its_outbox_and_leaves_it_once_sent(sessions):
+    with sessions.begin() as s:
+        group = schema.TaskGroup(id=str(uuid.uuid4()), owner_id="o")
+        ep = schema.Endpoint(id=str(uuid.uuid4()), owner_id="o", name="e")
+        s.add_all([group, ep])
+    ids = [str(uuid.uuid4()) for _ in range(300)]
+    now = time.time()
+    tasks = [
+        {
+            "id": task_id,
+            "task_group_id": group.id,
+            "owner_id": "o",
+            "function_id": "f",
+            "endpoint_id": ep.id,
+            "user_endpoint_id": "u",
+            "status": store.PENDING,
+            "created_t": now,
+        }
+        for task_id in ids
+    ]
+    outbox = [
+        {
+            "task_id": task_id,
+            "user_endpoint_id": "u",
+            "body": task_id.encode() + b"\x00\xff",
+            "headers": {"task_uuid": task_id},
+            "created_t": now,
+        }
+        for task_id in ids
+    ]
+    with sessions.begin() as s:
+        store.journal_tasks(s, tasks, outbox)
+        store.journal_tasks(s, [], [])
+    with sessions() as s:
+        stored = {
+            t.id: t for t in s.query(schema.Task).filter(schema.Task.task_group_id == group.id)
+        }
+        assert set(stored) == set(ids)
+        assert {(t.status, t.owner_id, t.user_endpoint_id) for t in stored.values()} == {
+            (store.PENDING, "o", "u")
+        }
+        unsent = {r.task_id: r for r in store.unsent(s, now + 1)}
+        assert set(unsent) == set(ids)
+        sample = unsent[ids[7]]
+        assert sample.body == ids[7].encode() + b"\x00\xff"
+        assert sample.headers == {"task_uuid": ids[7]}
+    with sessions.begin() as s:
+        store.sent(s, ids[:250])
+    with sessions() as s:
+        assert sorted(r.task_id for r in store.unsent(s, now + 1)) == sorted(ids[250:])

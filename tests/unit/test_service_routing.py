@@ -13,7 +13,7 @@ from service import auth, errors, routing, store
 from service.bodies import FunctionRegistration
 from service.routes_endpoints import is_online
 from service.routes_functions import executable_code
-from service.routes_tasks import check_payload
+from service.routes_tasks import check_payload, new_task_ids
 from wire import messages, serializer
 from wire.queue_info import AmqpCreds, BrokerAddress, WriteQueueInfo
 
@@ -186,3 +186,12 @@ def test_error_body_shape():
     body = errors.body(404, "task x not found")
     assert body["code"] == "NOT_FOUND" and body["http_status_code"] == 404
     assert "authorization_parameters" not in errors.body(401, "no")
+
+
+def test_task_ids_for_a_submit_are_distinct_random_version_4_uuids():
+    ids = new_task_ids(1000)
+    assert len(ids) == len(set(ids)) == 1000
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(p.version == 4 and p.variant == uuid.RFC_4122 for p in parsed)
+    assert [str(p) for p in parsed] == ids
+    assert new_task_ids(0) == [] and ids[:3] != new_task_ids(3)
