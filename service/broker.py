@@ -39,6 +39,19 @@ def declare_topology(channel: t.Any, topo: Topology) -> None:
         channel.queue_bind(queue, exchange, routing_key=key)
 
 
+def queue_frames(channel: t.Any, exchange: str, key: str, body: bytes, properties: t.Any) -> None:
+    """Publish on a transactional channel without writing to the socket yet.
+
+    pika's ``BlockingChannel.basic_publish`` flushes the socket after every
+    message: a submit of 128 tasks made 128 rounds of poll and send, each letting
+    go of the GIL and waiting to win it back from the forwarder's thread. On a
+    transactional channel nothing counts before ``tx.commit``, whose flush sends
+    the frames queued here; if the connection fails first, the commit raises and
+    the outbox still holds every task.
+    """
+    channel._impl.basic_publish(exchange, key, body, properties)
+
+
 class Publisher:
     """Declares queues and publishes messages for the request handlers."""
 
@@ -140,8 +153,12 @@ class Publisher:
                 pika.BasicProperties(**command_properties),
             )
             for body, properties in tasks:
-                ch.basic_publish(
-                    self.topo.tasks_exchange, task_queue, body, pika.BasicProperties(**properties)
+                queue_frames(
+                    ch,
+                    self.topo.tasks_exchange,
+                    task_queue,
+                    body,
+                    pika.BasicProperties(**properties),
                 )
 
         self._run(send)

@@ -8,6 +8,7 @@ import time
 import urllib.parse
 import uuid
 
+import pika
 import pytest
 
 from wire import amqp, messages, serializer
@@ -201,6 +202,54 @@ def test_submit_puts_command_tasks_and_sdk_queue_on_the_broker(api, rabbit_vhost
     group = api.get(f"/v2/taskgroup/{response['task_group_id']}").json()
     assert group["taskgroup_id"] == response["task_group_id"]
     assert [t["id"] for t in group["tasks"]] == task_ids
+
+
+def test_a_large_submit_reaches_the_task_queue_whole_and_in_order(api, rabbit_vhost):
+    ep = api.post("/v3/endpoints", json={"endpoint_name": "large"}).json()
+    fid = api.post("/v3/functions", json={"function_name": "add", "function_code": CODE}).json()
+    fid = fid["function_uuid"]
+    response = api.post(
+        f"/v3/endpoints/{ep['endpoint_id']}/submit", json={"tasks": {fid: [PAYLOAD] * 300}}
+    )
+    task_ids = response.json()["tasks"][fid]
+    assert len(set(task_ids)) == 300
+    connection = amqp.connect(rabbit_vhost)
+    try:
+        channel = connection.channel()
+        _m, _p, raw = channel.basic_get(ep["command_queue_info"]["queue"], auto_ack=True)
+        task_queue = json.loads(raw)["kwargs"]["amqp_creds"]["task_queue_info"]["queue"]
+        seen = []
+        while (got := channel.basic_get(task_queue, auto_ack=True))[0] is not None:
+            assert got[1].headers["task_uuid"] == str(messages.unpack(got[2]).task_id)
+            seen.append(got[1].headers["task_uuid"])
+        assert seen == task_ids
+    finally:
+        connection.close()
+
+
+def test_frames_queued_on_a_transaction_are_dropped_without_its_commit(rabbit_vhost):
+    from service.broker import queue_frames
+
+    queue = f"uncommitted-{uuid.uuid4().hex[:8]}"
+    connection = amqp.connect(rabbit_vhost)
+    try:
+        channel = connection.channel()
+        channel.queue_declare(queue, auto_delete=False)
+        channel.tx_select()
+        for n in range(5):
+            queue_frames(channel, "", queue, b"%d" % n, pika.BasicProperties())
+        channel.close()
+        check = connection.channel()
+        assert check.queue_declare(queue, passive=True).method.message_count == 0
+        check.tx_select()
+        for n in range(5):
+            queue_frames(check, "", queue, b"%d" % n, pika.BasicProperties())
+        check.tx_commit()
+        bodies = [check.basic_get(queue, auto_ack=True)[2] for _ in range(5)]
+        assert bodies == [b"0", b"1", b"2", b"3", b"4"]
+        check.queue_delete(queue)
+    finally:
+        connection.close()
 
 
 def test_unknown_routes_and_methods_use_the_error_shape(api):
