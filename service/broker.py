@@ -47,7 +47,9 @@ def queue_frames(channel: t.Any, exchange: str, key: str, body: bytes, propertie
     go of the GIL and waiting to win it back from the forwarder's thread. On a
     transactional channel nothing counts before ``tx.commit``, whose flush sends
     the frames queued here; if the connection fails first, the commit raises and
-    the outbox still holds every task.
+    the outbox still holds every task. The frames go through the blocking
+    channel's underlying channel (``_impl``), which every pika 1.x has; the
+    pin in pyproject.toml keeps us on 1.x, and the broker tests fail if it goes.
     """
     channel._impl.basic_publish(exchange, key, body, properties)
 

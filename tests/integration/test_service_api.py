@@ -11,6 +11,7 @@ import uuid
 import pika
 import pytest
 
+from service.broker import queue_frames
 from wire import amqp, messages, serializer
 from wire.queue_info import BrokerAddress, ReadQueueInfo, WriteQueueInfo
 
@@ -228,8 +229,6 @@ def test_a_large_submit_reaches_the_task_queue_whole_and_in_order(api, rabbit_vh
 
 
 def test_frames_queued_on_a_transaction_are_dropped_without_its_commit(rabbit_vhost):
-    from service.broker import queue_frames
-
     queue = f"uncommitted-{uuid.uuid4().hex[:8]}"
     connection = amqp.connect(rabbit_vhost)
     try:
