@@ -172,7 +172,7 @@ class Bench:
         with open(self.work / "clients.log", "ab") as log:
             return subprocess.Popen(
                 [sys.executable, "-m", "bench.compare_client", *args],
-                env=sdk_env(self.svc.url, client),
+                env=sdk_env(self.svc.url, client, self.work / "sdk" / client["client_id"]),
                 stdout=subprocess.PIPE,
                 stderr=log,
                 text=True,

@@ -77,8 +77,13 @@ class Running:
     pid: int
 
 
-def sdk_env(service_url: str, client: dict) -> dict:
-    """What a researcher's (or the admin's) official-SDK process reads."""
+def sdk_env(service_url: str, client: dict, user_dir: Path | None = None) -> dict:
+    """What a researcher's (or the admin's) official-SDK process reads.
+
+    ``user_dir`` gives the process its own SDK directory, as each researcher
+    has in their own home: SDK processes started at once that share one make
+    its token database together and can find it without its table.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GLOBUS_", "PYTHON"))}
     env.update(
         PYTHONPATH=str(REPO),
@@ -87,6 +92,8 @@ def sdk_env(service_url: str, client: dict) -> dict:
         GLOBUS_COMPUTE_CLIENT_ID=client["client_id"],
         GLOBUS_COMPUTE_CLIENT_SECRET=client["client_secret"],
     )
+    if user_dir is not None:
+        env["GLOBUS_COMPUTE_USER_DIR"] = str(user_dir)
     return env
 
 
