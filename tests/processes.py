@@ -58,17 +58,16 @@ def processes_of(uid: int) -> dict[int, str]:
     return {pid: cmd.decode(errors="replace") for pid, cmd in found.items()}
 
 
-def kill_mentioning(text: str) -> dict[int, str]:
-    """SIGKILL every process whose command line or working directory mentions ``text``;
-    returns what was killed, pid -> "uid, parent, directory: command line", so a
-    report says which test's process it was.
+def mentioning(text: str) -> dict[int, str]:
+    """Every process whose command line or working directory mentions ``text``:
+    pid -> "uid, parent, directory: command line".
 
     For tests that run user endpoints without a monitor (no cgroup to take
     what they started): Parsl's provider runs blocks in sessions of their own,
     which outlive a killed endpoint. Their command lines and working
     directories name the test's temporary directory.
     """
-    killed = {}
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -77,12 +76,20 @@ def kill_mentioning(text: str) -> dict[int, str]:
             cwd = os.readlink(entry / "cwd")
             if text not in cmdline and not f"{cwd}/".startswith(text):  # the directory too
                 continue
-            what = (
+            found[int(entry.name)] = (
                 f"uid {entry.stat().st_uid}, parent {_stat_fields(entry)[1]}, in {cwd}: {cmdline}"
             )
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
+    return found
+
+
+def kill_mentioning(text: str) -> dict[int, str]:
+    """SIGKILL every process :func:`mentioning` finds; returns what was killed, so a
+    report says which test's process it was."""
+    killed = {}
+    for pid, what in mentioning(text).items():
         with contextlib.suppress(ProcessLookupError):
-            os.kill(int(entry.name), signal.SIGKILL)
-            killed[int(entry.name)] = what
+            os.kill(pid, signal.SIGKILL)
+            killed[pid] = what
     return killed

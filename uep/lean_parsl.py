@@ -19,22 +19,20 @@ endpoint, the interchange, the worker pool and each task worker.
 :func:`install` makes exactly those probes find nothing: a probed package is
 hidden only while its probing module itself is being executed. Any other import
 of it, such as a researcher's task, works as usual. ``python -m uep.lean_parsl
-MODULE ARGS...`` runs a Parsl program (the interchange, the worker pool) this
-way, and the processes it starts with multiprocessing's spawn (the task workers),
-and spares the pool's manager server process from importing Parsl at all.
+MODULE ARGS...`` runs a Parsl program (the interchange) this way; the worker
+pool runs through :mod:`uep.worker_pool`, whose task workers are forked from it
+and so inherit the finder.
 """
 
 from __future__ import annotations
 
 import importlib.abc
 import importlib.util
-import multiprocessing.spawn as spawn
 import runpy
 import sys
 import typing as t
 
 MODULE = "uep.lean_parsl"
-MANAGER_SERVER = "SyncManager-"  # the name multiprocessing gives a SyncManager's process
 # probing module -> the optional package it must not find
 PROBES = {
     "parsl.monitoring.db_manager": "sqlalchemy",
@@ -91,56 +89,15 @@ def command(module: str) -> list[str]:
     return [sys.executable, "-m", MODULE, module]
 
 
-def _lean_spawned_children() -> None:
-    """Children started by multiprocessing's spawn (the worker pool's task workers)
-    install the finder before anything else, too.
-
-    Spawn starts ``python -c "from multiprocessing.spawn import spawn_main; ..."``,
-    which imports the pool's module, and so Parsl, before any code of ours could
-    run; the finder's installation is put at the front of that ``-c`` program.
-    """
-    original = spawn.get_command_line
-
-    def command_line(**kwds: t.Any) -> list[str]:
-        line = original(**kwds)
-        if "-c" in line:
-            program = line.index("-c") + 1
-            line[program] = f"import {MODULE}; {MODULE}.install(); {line[program]}"
-        return line
-
-    spawn.get_command_line = command_line
-
-
-def _manager_server_without_main() -> None:
-    """A multiprocessing manager's server process does not import the main program.
-
-    The worker pool starts a ``SyncManager`` (a server process holding a dict
-    and a queue for its workers). Spawn would have that process import the
-    pool's module again as its main module, and with it all of Parsl: about
-    0.6 s of CPU and 30 MB for a process that runs only the standard library's
-    server. Anything a client sends it still arrives, as pickle imports by name
-    whatever it needs. The task workers keep their main module: their target
-    function is defined there.
-    """
-    original = spawn.get_preparation_data
-
-    def preparation_data(name: str) -> dict:
-        data = original(name)
-        if name.startswith(MANAGER_SERVER):
-            data.pop("init_main_from_name", None)
-            data.pop("init_main_from_path", None)
-        return data
-
-    spawn.get_preparation_data = preparation_data
+def run(module: str, argv: list[str]) -> None:
+    """Run ``module`` as the main program with arguments ``argv``, lean."""
+    install()
+    sys.argv = [module, *argv]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
 def main() -> None:
-    install()
-    _lean_spawned_children()
-    _manager_server_without_main()
-    module = sys.argv[1]
-    sys.argv = sys.argv[1:]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    run(sys.argv[1], sys.argv[2:])
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def test_polaris_template_submits_the_expected_pbs_script(pbs_commands, tmp_path
     ]
     # The pool each rank runs: this Python, four workers pinned one per GPU.
     pool = re.search(
-        r"^(\S+) -m uep\.lean_parsl parsl\.executors\.high_throughput\.process_worker_pool (.*)$",
+        r"^(\S+) -m uep\.worker_pool (.*)$",
         script,
         re.M,
     )

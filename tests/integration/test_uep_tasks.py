@@ -20,6 +20,7 @@ from tests.integration.test_uep_harness import (  # noqa: F401 - fixtures too
     service,
     vhost,
 )
+from tests.processes import mentioning
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -86,6 +87,56 @@ def test_globus_compute_engine_runs_tasks(service, launch, tmp_path):
     assert sandbox == cwd and sandbox.endswith(where_id)
     report = service.wait_heartbeat(lambda s: s.get("managers", 0) >= 1, timeout=60)
     assert report.global_state["engine_type"] == "GlobusComputeEngine"
+
+
+def worker_facts():
+    """Who runs a GlobusComputeEngine task: its command line, its parent's, and
+    how many network sockets it holds."""
+    import os
+    import socket
+    import stat
+
+    def family(fd):
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                return None
+            probe = socket.socket(fileno=fd)
+        except OSError:
+            return None
+        try:
+            return probe.family
+        finally:
+            probe.detach()
+
+    def cmdline(pid):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode()
+
+    fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    network = [fd for fd in fds if family(fd) in (socket.AF_INET, socket.AF_INET6)]
+    return cmdline(os.getpid()), cmdline(os.getppid()), len(network)
+
+
+def test_globus_compute_engine_forks_its_workers(service, launch, tmp_path):
+    """A task worker is a fork of the pool (same command line, the pool its parent)
+    without the pool's network sockets, and no spawned helper is left in the tree."""
+    config = (
+        "engine:\n  type: GlobusComputeEngine\n  max_workers_per_node: 2\n"
+        "  provider:\n    type: LocalProvider\n    init_blocks: 1\n    max_blocks: 1\n"
+    )
+    launch(config)
+    ids = [service.submit(worker_facts) for _ in range(4)]
+    results = service.wait_results(ids, timeout=90)
+    for task_id in ids:
+        own, parent, network_sockets = decode_result(results[task_id])
+        assert "uep.worker_pool" in parent
+        assert own == parent
+        assert network_sockets == 0
+    tree = mentioning(f"{tmp_path}/")
+    assert any("uep.worker_pool" in line for line in tree.values())
+    assert not [
+        line for line in tree.values() if "resource_tracker" in line or "spawn_main" in line
+    ]
 
 
 def test_error_codes_from_real_cases(service, launch):

@@ -4,7 +4,9 @@ Two fixes over the official engine, both for cold start: the first block is
 requested as soon as the executor is up (the status poller's first tick would
 come one ``strategy_period`` later), and the interchange and worker pool are
 launched as ``sys.executable -m ...`` instead of through a console script
-(through :mod:`uep.lean_parsl`, which spares them SQLAlchemy).
+(through :mod:`uep.lean_parsl`, which spares them SQLAlchemy). And one for
+memory: the pool forks its task workers instead of spawning them
+(:mod:`uep.worker_pool`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ import typing as t
 from concurrent.futures import Future
 from pathlib import Path
 
-from uep import lean_parsl
+from uep import lean_parsl, worker_pool
 from uep.engines.base import Engine, ResourceSpecError
 
-WORKER_POOL = "parsl.executors.high_throughput.process_worker_pool"
 INTERCHANGE = "parsl.executors.high_throughput.interchange"
 UNSUPPORTED = ("container_type", "container_uri", "container_cmd_options")
 
@@ -27,7 +28,7 @@ UNSUPPORTED = ("container_type", "container_uri", "container_cmd_options")
 def worker_launch_cmd(default: str) -> str:
     """Parsl's default worker command, run by this interpreter as a module."""
     _, _, arguments = default.partition(" ")
-    return " ".join([*lean_parsl.command(WORKER_POOL), arguments])
+    return " ".join([*worker_pool.command(), arguments])
 
 
 class GlobusComputeEngine(Engine):
