@@ -397,12 +397,14 @@ def summarize(runs: list[dict]) -> dict:
         if name in SERVICE_METRICS:
             entry.update(official=None, ratio=None, goal=f"<= {goal} {unit}", met=ours <= goal)
         else:
-            official = statistics.median(r["official"][name] for r in runs if "official" in r)
+            theirs = [r["official"][name] for r in runs if "official" in r]
+            official = statistics.median(theirs) if theirs else None  # --sides ours
             ratio = ours / official if official else None
-            entry.update(official=round(official, 3), ratio=round(ratio, 3))
             entry.update(
+                official=None if official is None else round(official, 3),
+                ratio=None if ratio is None else round(ratio, 3),
                 goal=f"<= {goal:.2f}" if goal else None,
-                met=(ratio <= goal) if goal else None,
+                met=(ratio <= goal) if goal and ratio is not None else None,
             )
         failed = {
             side: sum(r[side].get(f"{name}_failures", 0) for r in runs if side in r)
