@@ -20,6 +20,10 @@ Workers and the manager's server talk to the pool only through pipes and Unix
 sockets, so every IPv4 and IPv6 socket is closed in each child right after the
 fork. The pool itself runs as before.
 
+Before each fork the pool's objects are frozen (:func:`gc.freeze`): a
+collection in the worker would otherwise write to every inherited object, and
+so copy every shared page, soon after it starts running tasks.
+
 Everything else a forked child needs is already fork-aware: the logging
 module and multiprocessing's queues reset their locks and threads in the
 child, the child never touches the pool's ZeroMQ context, and it runs as the
@@ -28,6 +32,7 @@ same user, in the same environment and cgroup as the pool it comes from.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import stat
@@ -78,7 +83,7 @@ def fork_instead_of_spawn() -> None:
     import parsl.multiprocessing as contexts
 
     contexts.SpawnContext = contexts.ForkContext
-    os.register_at_fork(after_in_child=close_network_sockets)
+    os.register_at_fork(before=gc.freeze, after_in_child=close_network_sockets)
 
 
 def main() -> None:
