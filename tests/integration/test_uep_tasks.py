@@ -7,9 +7,11 @@ tasks serialized by the official SDK.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -137,6 +139,50 @@ def test_globus_compute_engine_forks_its_workers(service, launch, tmp_path):
     assert not [
         line for line in tree.values() if "resource_tracker" in line or "spawn_main" in line
     ]
+
+
+def _descriptors(pid: int) -> set[str]:
+    """What a process's descriptors above stderr point at, but anonymous inodes
+    (every eventfd and epoll instance reads alike)."""
+    fds = Path(f"/proc/{pid}/fd")
+    targets = set()
+    for fd in fds.iterdir():
+        if int(fd.name) > 2:
+            with contextlib.suppress(FileNotFoundError):
+                targets.add(os.readlink(fd))
+    return {target for target in targets if not target.startswith("anon_inode:")}
+
+
+def _shared_dirty_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Shared_Dirty:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Shared_Dirty in the smaps_rollup of {pid}")
+
+
+def test_the_interchange_is_forked_without_the_endpoints_descriptors(service, launch):
+    """The interchange shares the endpoint's pages (an exec'd one shares none it
+    wrote) and holds none of its connections, files, pipes or locks; stopping the
+    endpoint stops it."""
+    ep = launch(
+        "engine:\n  type: GlobusComputeEngine\n"
+        "  provider:\n    type: LocalProvider\n    init_blocks: 1\n    max_blocks: 1\n"
+    )
+    task_id = service.submit(add, 1, 2)
+    assert decode_result(service.wait_results([task_id], timeout=90)[task_id]) == 3
+    children = Path(f"/proc/{ep.proc.pid}/task/{ep.proc.pid}/children").read_text().split()
+    titles = {int(c): Path(f"/proc/{c}/cmdline").read_bytes() for c in children}
+    [interchange] = [pid for pid, title in titles.items() if title.startswith(b"parsl: HTEX")]
+    assert _shared_dirty_kib(interchange) > 4096
+    endpoint_fds = _descriptors(ep.proc.pid)
+    assert any(target.startswith("socket:") for target in endpoint_fds)
+    assert any(target.endswith("uep_state.sqlite3") for target in endpoint_fds)
+    assert _descriptors(interchange) & endpoint_fds == set()
+    # It logs to its own file only, as an exec'd interchange does.
+    assert "Starting main interchange method" not in ep.log_text()
+    ep.kill(signal.SIGTERM)  # the endpoint alone: its engine must stop the interchange
+    assert ep.proc.wait(30) == 0
+    assert not Path(f"/proc/{interchange}").exists()
 
 
 def test_error_codes_from_real_cases(service, launch):

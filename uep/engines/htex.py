@@ -5,8 +5,9 @@ requested as soon as the executor is up (the status poller's first tick would
 come one ``strategy_period`` later), and the interchange and worker pool are
 launched as ``sys.executable -m ...`` instead of through a console script
 (through :mod:`uep.lean_parsl`, which spares them SQLAlchemy). And one for
-memory: the pool forks its task workers instead of spawning them
-(:mod:`uep.worker_pool`).
+memory: the interchange is forked from the user endpoint
+(:mod:`uep.forked_interchange`) and the pool forks its task workers
+(:mod:`uep.worker_pool`) instead of starting new interpreters.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import typing as t
 from concurrent.futures import Future
 from pathlib import Path
 
-from uep import lean_parsl, worker_pool
+from uep import forked_interchange, lean_parsl, worker_pool
 from uep.engines.base import Engine, ResourceSpecError
 
 INTERCHANGE = "parsl.executors.high_throughput.interchange"
@@ -97,6 +98,7 @@ class GlobusComputeEngine(Engine):
         )
         # Set after construction: MPIExecutor's signature types this as a str.
         executor.interchange_launch_cmd = lean_parsl.command(INTERCHANGE)
+        forked_interchange.install(executor)
         return executor
 
     @property
