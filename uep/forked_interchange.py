@@ -29,6 +29,9 @@ through ``subprocess.Popen`` in its executor module; :func:`install` has that
 one call make a :class:`ForkedProgram`, which answers the ``Popen`` methods
 Parsl and the engine use (``poll``, ``wait``, ``terminate``, ``kill``), so
 Parsl's own code still builds the configuration and stops the interchange.
+Should a later Parsl start it some other way, its launch command (the lean one,
+:mod:`uep.lean_parsl`) runs as before: more memory, nothing broken, and the
+test of the interchange's shared pages says so.
 """
 
 from __future__ import annotations
@@ -60,7 +63,12 @@ class ForkedProgram:
         self._reaping = threading.Lock()
         read, write = os.pipe()
         gc.freeze()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # e.g. the user's process limit: the engine fails to start
+            os.close(read)
+            os.close(write)
+            raise
         if pid == 0:
             self._child(read)
         os.close(read)
