@@ -25,13 +25,19 @@ def _field(pid: int, name: str) -> str | None:
     return None
 
 
-def pss_kib(pid: int) -> int:
-    """The process's PSS in KiB; 0 for a process that has gone (or a kernel thread)."""
+def smaps_kib(pid: int, field: str) -> int:
+    """One field of the process's ``smaps_rollup`` in KiB (``Pss``, ``Shared_Dirty``
+    ...); 0 for a process that has gone (or a kernel thread)."""
     with contextlib.suppress(OSError):
         for line in (PROC / str(pid) / "smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     return 0
+
+
+def pss_kib(pid: int) -> int:
+    """The process's PSS in KiB; 0 for a process that has gone (or a kernel thread)."""
+    return smaps_kib(pid, "Pss")
 
 
 def pids_of_uid(uid: int) -> list[int]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import memory
 from tests.integration.test_uep_harness import (  # noqa: F401 - fixtures too
     decode_result,
     engine_yaml,
@@ -147,13 +148,6 @@ def _descriptors(pid: int) -> set[str]:
     return {target for target in targets if not target.startswith("anon_inode:")}
 
 
-def _shared_dirty_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Shared_Dirty:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no Shared_Dirty in the smaps_rollup of {pid}")
-
-
 def test_the_interchange_is_forked_without_the_endpoints_descriptors(service, launch):
     """The interchange shares the endpoint's pages (an exec'd one shares none it
     wrote) and holds none of its connections, files, pipes or locks; stopping the
@@ -167,7 +161,7 @@ def test_the_interchange_is_forked_without_the_endpoints_descriptors(service, la
     children = Path(f"/proc/{ep.proc.pid}/task/{ep.proc.pid}/children").read_text().split()
     titles = {int(c): Path(f"/proc/{c}/cmdline").read_bytes() for c in children}
     [interchange] = [pid for pid, title in titles.items() if title.startswith(b"parsl: HTEX")]
-    assert _shared_dirty_kib(interchange) > 4096
+    assert memory.smaps_kib(interchange, "Shared_Dirty") > 4096
     endpoint_fds = _descriptors(ep.proc.pid)
     assert any(target.startswith("socket:") for target in endpoint_fds)
     assert any(target.endswith("uep_state.sqlite3") for target in endpoint_fds)
