@@ -136,6 +136,41 @@ def test_globus_compute_engine_forks_its_workers(service, launch, tmp_path):
     ]
 
 
+def parsl_in_a_worker():
+    """What a task worker had loaded before the task imported anything, then
+    what the task gets when it imports Parsl and requests."""
+    import sys
+
+    heavy = ("parsl.dataflow.dflow", "parsl.monitoring.monitoring", "requests")
+    loaded = [name for name in heavy if name in sys.modules]
+    import parsl
+    import requests
+    from parsl import python_app
+    from parsl.executors import HighThroughputExecutor
+
+    return (
+        loaded,
+        python_app.__module__,
+        HighThroughputExecutor.__name__,
+        callable(parsl.load),
+        requests.codes.ok,
+    )
+
+
+def test_a_worker_loads_no_more_of_parsl_than_the_pool_needs_and_a_task_gets_all_of_it(
+    service, launch
+):
+    """The pool defers Parsl's package __init__ files and requests (lean_parsl.defer);
+    a researcher's task that imports them gets the real thing."""
+    launch(
+        "engine:\n  type: GlobusComputeEngine\n"
+        "  provider:\n    type: LocalProvider\n    init_blocks: 1\n    max_blocks: 1\n"
+    )
+    task_id = service.submit(parsl_in_a_worker)
+    result = decode_result(service.wait_results([task_id], timeout=90)[task_id])
+    assert result == ([], "parsl.app.app", "HighThroughputExecutor", True, 200)
+
+
 def _descriptors(pid: int) -> set[str]:
     """What a process's descriptors above stderr point at, but anonymous inodes
     (every eventfd and epoll instance reads alike)."""

@@ -73,3 +73,80 @@ def test_a_program_run_through_it_gets_its_arguments(tmp_path):
         check=True,
     )
     assert done.stdout.strip() == '{"a":[1,2]}'
+
+
+POOL_PROBE = """
+import json, sys
+from uep import lean_parsl
+lean_parsl.install()
+{setup}
+import parsl.executors.high_throughput.process_worker_pool
+heavy = ["parsl.dataflow.dflow", "parsl.providers", "parsl.monitoring.monitoring", "requests"]
+loaded = [name for name in heavy if name in sys.modules]
+from parsl import python_app, curvezmq
+from parsl.executors import HighThroughputExecutor
+import parsl, parsl.monitoring, requests
+print(json.dumps([
+    loaded,
+    python_app.__module__,
+    HighThroughputExecutor.__module__,
+    type(parsl.monitoring.MonitoringHub).__name__,
+    callable(parsl.load),
+    parsl.__version__ == parsl.version.VERSION,
+    curvezmq.__name__,
+    requests.codes.ok,
+]))
+"""
+AFTERWARDS = [
+    "parsl.app.app",
+    "parsl.executors.high_throughput.executor",
+    "type",
+    True,
+    True,
+    "parsl.curvezmq",
+    200,
+]
+
+
+def _pool_probe(setup: str) -> list:
+    done = subprocess.run(
+        [sys.executable, "-c", POOL_PROBE.format(setup=setup)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_without_deferral_the_pool_loads_all_of_parsl_and_requests():
+    """The premise: importing the pool runs parsl/__init__, which loads the
+    dataflow kernel, every provider and the monitoring hub."""
+    assert _pool_probe("") == [
+        ["parsl.dataflow.dflow", "parsl.providers", "parsl.monitoring.monitoring", "requests"],
+        *AFTERWARDS,
+    ]
+
+
+def test_a_deferred_pool_loads_neither_and_a_task_still_gets_all_of_parsl():
+    """What a researcher's task imports afterwards in a forked worker (the whole
+    parsl package, names from its __init__ files, requests) is the real thing."""
+    assert _pool_probe("lean_parsl.defer()") == [[], *AFTERWARDS]
+
+
+def test_parsl_addresses_gets_requests_when_it_is_used():
+    program = (
+        "import json, sys\n"
+        "from uep import lean_parsl\n"
+        "lean_parsl.install()\n"
+        "lean_parsl.defer()\n"
+        "from parsl import addresses\n"
+        "before = 'requests' in sys.modules\n"
+        "stand_in = type(addresses.requests).__name__\n"
+        "ok = addresses.requests.codes.ok\n"
+        "print(json.dumps([before, stand_in, ok, 'requests' in sys.modules]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(done.stdout) == [False, "_OnFirstUse", 200, True]
