@@ -162,6 +162,7 @@ def exit_now(status: int) -> None:
 def main(name: str) -> int:
     """``_start-user-endpoint NAME``: the exit status of the user endpoint."""
     lean_parsl.install()
+    lean_parsl.defer()
     _configure_logging(os.environ.get("GC_UEP_DEBUG") == "1")
     if sys.stdin.isatty():
         log.error("_start-user-endpoint reads its launch payload from a pipe, not a terminal")

@@ -22,16 +22,16 @@ of it, such as a researcher's task, works as usual. In the same way
 ``parsl.addresses`` gets a stand-in for ``requests`` (4.4 MB) that imports it
 the first time the address lookup that needs it is called.
 
-:func:`defer`, for the worker pool, goes further: the ``__init__`` files of
-``parsl``, ``parsl.executors`` and ``parsl.monitoring`` (the dataflow kernel,
-every executor and provider, the monitoring hub) run only when something asks
-for a name they define. The pool imports only submodules, so with both its
-private memory went from 31 to 20 MB, and a user's whole tree from 103 to 90 MB
-(10 live GlobusComputeEngine user endpoints): the pool's forked task workers and
-manager server share the smaller image. ``python -m uep.lean_parsl
-MODULE ARGS...`` runs a Parsl program (the interchange) this way; the worker
-pool runs through :mod:`uep.worker_pool`, whose task workers are forked from it
-and so inherit the finder.
+:func:`defer`, in the user endpoint and its worker pool, goes further: the
+``__init__`` files of ``parsl``, ``parsl.executors``, ``parsl.monitoring`` and
+``parsl.providers`` (the dataflow kernel, every executor and provider, the
+monitoring hub) run only when something asks for a name they define. Both import
+submodules, but for a few names Parsl's own modules take from a package, which
+:data:`DEFINED_IN` loads from where they are defined. A user's whole tree went
+from 103 to 84.7 MB of PSS (10 live GlobusComputeEngine user endpoints; the
+pool's private memory 31 -> 20 MB, the endpoint's 35 -> 25): the pool's forked
+workers and manager server, and the endpoint's forked interchange, share the
+smaller images.
 """
 
 from __future__ import annotations
@@ -56,9 +56,21 @@ PROBES = {
 # (``parsl.addresses.address_by_query``): it gets a stand-in that imports the
 # real one on first use. requests is 4.4 MB of a worker pool's private memory.
 STAND_INS = {"parsl.addresses": "requests"}
-# Packages whose ``__init__`` a worker pool never needs: each imports every
-# executor, provider and the dataflow kernel, and ``parsl.monitoring`` its hub.
-DEFERRED_PACKAGES = ("parsl", "parsl.executors", "parsl.monitoring")
+# Packages whose ``__init__`` a user endpoint and its worker pool never need:
+# they import every executor, every provider (the cloud ones with their
+# launchers), the dataflow kernel and the monitoring hub.
+DEFERRED_PACKAGES = ("parsl", "parsl.executors", "parsl.monitoring", "parsl.providers")
+# Names a deferred package's __init__ re-exports that Parsl's own modules import
+# from the package (``parsl.jobs.strategy``: ``from parsl.executors import
+# HighThroughputExecutor``; the executor: ``from parsl.providers import
+# LocalProvider``), and where they are defined: only that submodule loads.
+DEFINED_IN = {
+    "parsl.executors": {
+        "HighThroughputExecutor": "parsl.executors.high_throughput.executor",
+        "MPIExecutor": "parsl.executors.high_throughput.mpi_executor",
+    },
+    "parsl.providers": {"LocalProvider": "parsl.providers.local.local"},
+}
 
 
 class _OnFirstUse(types.ModuleType):
@@ -134,6 +146,11 @@ def _deferred_package(name: str) -> types.ModuleType:
             # a submodule: the import system loads it (``from parsl import curvezmq``)
             # or finds it half-loaded in sys.modules during a circular import
             raise AttributeError(f"module {name!r} has no attribute {attribute!r}")
+        defined_in = DEFINED_IN.get(name, {}).get(attribute)
+        if defined_in is not None:
+            value = getattr(importlib.import_module(defined_in), attribute)
+            setattr(module, attribute, value)
+            return value
         with lock:
             if module.__dict__.get("__getattr__") is complete:
                 del module.__dict__["__getattr__"]
@@ -148,9 +165,9 @@ def _deferred_package(name: str) -> types.ModuleType:
 
 
 def defer() -> None:
-    """Before Parsl is imported, in a worker pool: Parsl's package ``__init__`` files
-    run only if something asks for a name they define (a task's ``import parsl``
-    gets all of Parsl). 7 MB less private memory in the pool (31 -> 24)."""
+    """Before Parsl is imported: Parsl's package ``__init__`` files run only if
+    something asks for a name they define (a task's ``from parsl import
+    python_app`` gets all of Parsl, as without this)."""
     if not any(name in sys.modules for name in DEFERRED_PACKAGES):
         for name in DEFERRED_PACKAGES:
             _deferred_package(name)

@@ -81,7 +81,8 @@ from uep import lean_parsl
 lean_parsl.install()
 {setup}
 import parsl.executors.high_throughput.process_worker_pool
-heavy = ["parsl.dataflow.dflow", "parsl.providers", "parsl.monitoring.monitoring", "requests"]
+heavy = ["parsl.dataflow.dflow", "parsl.providers.slurm.slurm",
+         "parsl.monitoring.monitoring", "requests"]
 loaded = [name for name in heavy if name in sys.modules]
 from parsl import python_app, curvezmq
 from parsl.executors import HighThroughputExecutor
@@ -123,7 +124,12 @@ def test_without_deferral_the_pool_loads_all_of_parsl_and_requests():
     """The premise: importing the pool runs parsl/__init__, which loads the
     dataflow kernel, every provider and the monitoring hub."""
     assert _pool_probe("") == [
-        ["parsl.dataflow.dflow", "parsl.providers", "parsl.monitoring.monitoring", "requests"],
+        [
+            "parsl.dataflow.dflow",
+            "parsl.providers.slurm.slurm",
+            "parsl.monitoring.monitoring",
+            "requests",
+        ],
         *AFTERWARDS,
     ]
 
@@ -150,3 +156,48 @@ def test_parsl_addresses_gets_requests_when_it_is_used():
         [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
     )
     assert json.loads(done.stdout) == [False, "_OnFirstUse", 200, True]
+
+
+ENDPOINT_PROBE = """
+import json, sys
+from uep import lean_parsl
+lean_parsl.install()
+lean_parsl.defer()
+from parsl.executors.high_throughput.executor import HighThroughputExecutor
+from parsl.executors.high_throughput.mpi_executor import MPIExecutor
+from parsl.jobs.job_status_poller import JobStatusPoller
+import parsl.executors.high_throughput.interchange
+import parsl.providers
+local = parsl.providers.LocalProvider
+others = ["parsl.executors.workqueue.executor", "parsl.providers.slurm.slurm",
+          "parsl.providers.aws.aws", "parsl.dataflow.dflow"]
+loaded = [name for name in others if name in sys.modules]
+from parsl.providers import SlurmProvider
+import parsl.executors
+print(json.dumps([
+    loaded,
+    SlurmProvider.__module__,
+    parsl.providers.LocalProvider is local,
+    parsl.executors.HighThroughputExecutor is HighThroughputExecutor,
+    parsl.executors.MPIExecutor is MPIExecutor,
+    parsl.executors.ThreadPoolExecutor.__name__,
+]))
+"""
+
+
+def test_a_deferred_endpoint_loads_only_the_executor_and_provider_it_builds():
+    """What a GlobusComputeEngine's user endpoint imports loads no other executor or
+    provider; a template's other provider, asked for by name, is the real class,
+    and the names loaded one by one are those the whole package defines."""
+    done = subprocess.run(
+        [sys.executable, "-c", ENDPOINT_PROBE], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [
+        [],
+        "parsl.providers.slurm.slurm",
+        True,
+        True,
+        True,
+        "ThreadPoolExecutor",
+    ]

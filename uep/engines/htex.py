@@ -76,8 +76,11 @@ class GlobusComputeEngine(Engine):
         self._poller = None
 
     def _build_executor(self, provider, address, encrypted, options) -> t.Any:
-        from parsl.executors import HighThroughputExecutor, MPIExecutor
-        from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
+        from parsl.executors.high_throughput.executor import (
+            DEFAULT_LAUNCH_CMD,
+            HighThroughputExecutor,
+        )
+        from parsl.executors.high_throughput.mpi_executor import MPIExecutor
 
         kind = MPIExecutor if self.mpi else HighThroughputExecutor
         if provider is None:
