@@ -109,12 +109,10 @@ AFTERWARDS = [
 ]
 
 
-def _pool_probe(setup: str) -> list:
+def _probe(program: str) -> list:
+    """The JSON list a probe program prints last, run in a fresh interpreter."""
     done = subprocess.run(
-        [sys.executable, "-c", POOL_PROBE.format(setup=setup)],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -123,7 +121,7 @@ def _pool_probe(setup: str) -> list:
 def test_without_deferral_the_pool_loads_all_of_parsl_and_requests():
     """The premise: importing the pool runs parsl/__init__, which loads the
     dataflow kernel, every provider and the monitoring hub."""
-    assert _pool_probe("") == [
+    assert _probe(POOL_PROBE.format(setup="")) == [
         [
             "parsl.dataflow.dflow",
             "parsl.providers.slurm.slurm",
@@ -137,7 +135,7 @@ def test_without_deferral_the_pool_loads_all_of_parsl_and_requests():
 def test_a_deferred_pool_loads_neither_and_a_task_still_gets_all_of_parsl():
     """What a researcher's task imports afterwards in a forked worker (the whole
     parsl package, names from its __init__ files, requests) is the real thing."""
-    assert _pool_probe("lean_parsl.defer()") == [[], *AFTERWARDS]
+    assert _probe(POOL_PROBE.format(setup="lean_parsl.defer()")) == [[], *AFTERWARDS]
 
 
 def test_parsl_addresses_gets_requests_when_it_is_used():
@@ -189,11 +187,7 @@ def test_a_deferred_endpoint_loads_only_the_executor_and_provider_it_builds():
     """What a GlobusComputeEngine's user endpoint imports loads no other executor or
     provider; a template's other provider, asked for by name, is the real class,
     and the names loaded one by one are those the whole package defines."""
-    done = subprocess.run(
-        [sys.executable, "-c", ENDPOINT_PROBE], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == [
+    assert _probe(ENDPOINT_PROBE) == [
         [],
         "parsl.providers.slurm.slurm",
         True,
