@@ -116,7 +116,8 @@ def worker_facts():
 
 def test_globus_compute_engine_forks_its_workers(service, launch, tmp_path):
     """A task worker is a fork of the pool (same command line, the pool its parent)
-    without the pool's network sockets, and no spawned helper is left in the tree."""
+    without the pool's network sockets, and no spawned helper or manager server
+    process is in the tree."""
     config = (
         "engine:\n  type: GlobusComputeEngine\n  max_workers_per_node: 2\n"
         "  provider:\n    type: LocalProvider\n    init_blocks: 1\n    max_blocks: 1\n"
@@ -130,7 +131,8 @@ def test_globus_compute_engine_forks_its_workers(service, launch, tmp_path):
         assert own == parent
         assert network_sockets == 0
     tree = mentioning(f"{tmp_path}/")
-    assert any("uep.worker_pool" in line for line in tree.values())
+    pool = [line for line in tree.values() if "uep.worker_pool" in line]
+    assert len(pool) == 3, "the pool and its 2 workers; its manager is a thread of the pool"
     assert not [
         line for line in tree.values() if "resource_tracker" in line or "spawn_main" in line
     ]
@@ -257,6 +259,24 @@ def test_process_worker_crash_fails_only_that_task(service, launch):
     assert results[crasher].is_error
     assert "BrokenProcessPool" in results[crasher].data
     assert all(not results[t].is_error for t in before + after)
+
+
+def test_a_globus_compute_engine_worker_crash_fails_only_that_task(service, launch):
+    """The pool learns which task a dead worker held from its manager's dict (which
+    the pool serves from a thread), answers it, and starts a new worker."""
+    launch(
+        "engine:\n  type: GlobusComputeEngine\n  max_workers_per_node: 1\n"
+        "  provider:\n    type: LocalProvider\n    init_blocks: 1\n    max_blocks: 1\n"
+    )
+    before = service.submit(add, 1, 1)
+    service.wait_results([before], timeout=90)
+    crasher = service.submit(crash)
+    results = service.wait_results([crasher], timeout=90)
+    assert results[crasher].is_error
+    assert "WorkerLost" in results[crasher].data
+    after = [service.submit(add, i, 1) for i in range(3)]
+    results = service.wait_results(after, timeout=90)
+    assert [decode_result(results[t]) for t in after] == [1, 2, 3]
 
 
 def test_stop_answers_unfinished_tasks_explicitly(service, launch):

@@ -94,3 +94,60 @@ def test_the_pool_forks_what_it_would_spawn():
 
 def test_its_command_runs_this_module_with_this_interpreter():
     assert worker_pool.command() == [sys.executable, "-m", "uep.worker_pool"]
+
+
+# A forked child writes to the pool's manager dict and reports what it holds of
+# the manager's server; the parent reads the dict back and counts its own children.
+MANAGER_PROGRAM = """
+import json, os, socket, sys
+from uep import worker_pool
+
+if sys.argv[1] == "hook":
+    worker_pool.fork_instead_of_spawn()
+context = worker_pool.PoolContext()
+manager = context.Manager()
+in_progress, queue = manager.dict(), manager.Queue()
+address = worker_pool._SERVED[0]
+
+def child(in_progress, queue):
+    held = [fd for fd in map(int, os.listdir("/proc/self/fd"))
+            if worker_pool._family(fd) == socket.AF_UNIX and worker_pool._sockname(fd) == address]
+    in_progress[os.getpid()] = "task 7"
+    queue.put(len(held))
+
+process = context.Process(target=child, args=(in_progress, queue))
+process.start()
+held = queue.get(timeout=30)
+process.join(30)
+children = open(f"/proc/self/task/{os.getpid()}/children").read().split()
+print(json.dumps({"seen": dict(in_progress), "held": held, "children": children,
+                  "child": str(process.pid), "exit": process.exitcode}))
+"""
+
+
+def _manager(*args: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", MANAGER_PROGRAM, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_pools_manager_is_served_by_a_thread_and_a_forked_worker_reaches_it():
+    """No server process: the pool has no child but the worker, and what the worker
+    wrote is in the pool's dict."""
+    seen = _manager("hook")
+    assert seen["exit"] == 0
+    assert seen["seen"] == {seen["child"]: "task 7"}
+    assert seen["children"] == []  # the worker has been joined; nothing else was started
+
+
+def test_a_forked_worker_holds_none_of_the_managers_server_sockets():
+    """The premise without the hook (the server's listener and its connections are
+    inherited), then with it."""
+    assert _manager("plain")["held"] > 0
+    assert _manager("hook")["held"] == 0
