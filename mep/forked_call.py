@@ -5,7 +5,9 @@ or rarely: the HTTP stack (globus-sdk, requests, jwt) to register at start,
 cryptography to seal a user endpoint's broker credentials at each start or
 refresh. Held in the manager, each would cost memory for the rest of its life;
 so the call runs in a child that imports what it needs, answers through a pipe
-and exits. The parent never imports any of it and gets plain JSON back.
+and exits. The parent never imports any of it and gets plain JSON back. A user
+endpoint renders its config this way too (:mod:`uep.launch`): Jinja and
+jsonschema never load in it, nor in the interchange forked from it.
 
 The child is a copy of the manager (same account, same code, no exec), so it
 is as trusted as the caller. A caller that needs to pass a refusal back (a

@@ -8,6 +8,7 @@ heartbeat queue, which the service turns into the text of their exception.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import errno
 import json
@@ -32,6 +33,7 @@ from wire.queue_info import AmqpCreds
 from wire.redaction import install_redaction
 
 if t.TYPE_CHECKING:
+    from templates.render_request import RenderRequest
     from templates.user_config import UserEndpointConfig, UserEndpointPaths
 
 log = logging.getLogger("uep")
@@ -210,27 +212,62 @@ def leave_note(fd: int | None, step: str, admin_message: str) -> None:
 def _render(
     name: str, payload: LaunchPayload, creds: AmqpCreds
 ) -> tuple[str, UserEndpointConfig] | int:
-    """The config to run: rendered here, as this user, or as given; else the exit status."""
-    from templates.rendering import RenderError
+    """The config to run: rendered as this user (in a child), or as given; else the exit status."""
     from templates.user_config import load_user_endpoint_config
 
     request = payload.render
-    if request is None:
-        try:
-            return payload.config_text, load_user_endpoint_config(payload.config_text)
-        except Exception as e:
-            log.error("user endpoint %s: the given config is unusable: %s", name, e)
-            report_startup_failure(creds, f"Endpoint failed to start: {e}")
-            return EX_CONFIG
+    text = payload.config_text if request is None else None
+    if request is not None:
+        outcome = _render_in_child(request)
+        if "refused" not in outcome:
+            text = outcome["yaml_text"]
+        else:
+            refused = outcome["refused"]
+            step, admin_message = refused["step"], refused["admin_message"]
+            log.error("user endpoint %s: config refused (%s): %s", name, step, admin_message)
+            leave_note(payload.note_fd, f"render:{step}", admin_message)
+            port = request.parent_config.get("amqp_port")
+            report_startup_failure(creds, refused["user_message"], port)
+            return EX_DATAERR
+    try:
+        return text, load_user_endpoint_config(text)
+    except Exception as e:
+        log.error("user endpoint %s: the given config is unusable: %s", name, e)
+        report_startup_failure(creds, f"Endpoint failed to start: {e}")
+        return EX_CONFIG
+
+
+def _render_in_child(request: RenderRequest) -> dict:
+    """``{"yaml_text": ...}`` or ``{"refused": RenderError's fields}``, from a forked child.
+
+    Jinja and jsonschema (3.7 MB of private memory) are loaded only there, never
+    in this long-lived process, nor in the interchange forked from it. The
+    child is this process, as this user, before any thread exists. The text it
+    returns is parsed here again, as any given config is.
+    """
+    from mep.forked_call import ChildCallFailed, call_in_child
+
+    try:
+        return call_in_child(lambda: _rendered(request))
+    except ChildCallFailed as e:
+        return {
+            "refused": {
+                "user_message": "Error generating the user endpoint config;"
+                " please contact the endpoint administrator.",
+                "admin_message": f"rendering failed in its child process: {e}",
+                "step": "child",
+            }
+        }
+
+
+def _rendered(request: RenderRequest) -> dict:
+    """In the child: the render pipeline's outcome as JSON-able data."""
+    from templates.rendering import RenderError
+
     outcome = request.render()
-    if not isinstance(outcome, RenderError):
-        return outcome.yaml_text, outcome.config
-    log.error(
-        "user endpoint %s: config refused (%s): %s", name, outcome.step, outcome.admin_message
-    )
-    leave_note(payload.note_fd, f"render:{outcome.step}", outcome.admin_message)
-    report_startup_failure(creds, outcome.user_message, request.parent_config.get("amqp_port"))
-    return EX_DATAERR
+    if isinstance(outcome, RenderError):
+        return {"refused": dataclasses.asdict(outcome)}
+    return {"yaml_text": outcome.yaml_text}
 
 
 def _follow_log(name: str, paths: UserEndpointPaths) -> None:

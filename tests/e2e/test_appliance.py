@@ -79,6 +79,7 @@ def test_each_researcher_runs_as_their_own_account(manager, tmp_path):
         assert set(os.getgrouplist(account.pw_name, account.pw_gid)) == set(me["groups"])
         assert me["home"] == account.pw_dir
         assert me["secret_in_env"] is False
+        assert me["rendering_loaded"] == [], "the user endpoint renders in a forked child"
         assert "raised by the researcher's function" in out["error"]
     listed = run(*manager.cli, "list", "--json", "--config-dir", str(manager.root))
     row = json.loads(listed.stdout)[0]
