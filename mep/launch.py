@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 
 from mep.decision import LaunchPlan
-from mep.forked_call import call_in_child
 from mep.monitor.requests import DEFAULT_PATH
+from wire.forked_call import call_in_child
 from wire.queue_info import AmqpCreds
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class CredentialChannel:
     The child gets a read-only descriptor and the key (on stdin); a repeated
     start command for a running endpoint rewrites the content, which the user
     endpoint re-reads on every reconnect. The content is a Fernet token, as
-    4.19 writes it; the sealing runs in a forked child (:mod:`mep.forked_call`)
+    4.19 writes it; the sealing runs in a forked child (:mod:`wire.forked_call`)
     so the manager never loads cryptography.
     """
 

@@ -19,12 +19,12 @@ import typing as t
 from pathlib import Path
 
 from mep import registration as r
-from mep.forked_call import ChildCallFailed, call_in_child
 from mep.monitor_link import MonitorGone, MonitorLink, MonitorRefused
 from mep.runtime import Runtime, RuntimeConfigError, known_endpoint_id
 from templates.errors import ConfigError
 from templates.manager_config import ManagerConfig, manager_config_from_text
 from wire import lean_pika
+from wire.forked_call import ChildCallFailed, call_in_child
 from wire.redaction import install_redaction
 
 MONITOR_FD, LOG_FD = 3, 4
@@ -68,7 +68,7 @@ def register(
 ) -> r.Registration:
     """Register with the service (POST, or PUT with the id ``endpoint.json`` keeps).
 
-    The HTTP exchange runs in a forked child (:mod:`mep.forked_call`), so the
+    The HTTP exchange runs in a forked child (:mod:`wire.forked_call`), so the
     manager never holds globus-sdk and its HTTP stack; the answer is checked here.
     """
     creds = r.client_credentials(os.environ)

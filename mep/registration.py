@@ -3,7 +3,7 @@
 The body and the checks on the answer are pure; :func:`send_registration` and
 :func:`owner_identities` are the edges that talk HTTP through globus-sdk with
 client credentials, run by the manager in a short-lived child
-(:mod:`mep.forked_call`). Each failure maps to a sysexits code and a message
+(:mod:`wire.forked_call`). Each failure maps to a sysexits code and a message
 that tells the admin what to do.
 """
 
@@ -100,7 +100,7 @@ def registration_body(
     schema: dict | None,
 ) -> dict:
     """The registration document, fields present only when set (as the official CLI)."""
-    from importlib.metadata import version  # only in the registering child (mep.forked_call)
+    from importlib.metadata import version  # only in the registering child (wire.forked_call)
 
     body: dict[str, t.Any] = {
         "endpoint_name": name,

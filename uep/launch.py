@@ -245,7 +245,7 @@ def _render_in_child(request: RenderRequest) -> dict:
     child is this process, as this user, before any thread exists. The text it
     returns is parsed here again, as any given config is.
     """
-    from mep.forked_call import ChildCallFailed, call_in_child
+    from wire.forked_call import ChildCallFailed, call_in_child
 
     try:
         return call_in_child(lambda: _rendered(request))

@@ -75,7 +75,7 @@ from mep.manager_process import main
 sys.exit(main())
 """
 # What the long-lived manager never loads: the HTTP stack (only to register) and
-# cryptography (to seal credentials) are its forked children's (mep.forked_call);
+# cryptography (to seal credentials) are its forked children's (wire.forked_call);
 # asyncio is pika's adapter it never uses (wire.lean_pika); argparse would be there for one parse.
 HTTP_STACK = ("globus_sdk", "requests", "urllib3", "jwt", "charset_normalizer", "idna", "certifi")
 NOT_IN_MANAGER = (*HTTP_STACK, "cryptography", "asyncio", "argparse")
@@ -173,7 +173,7 @@ def test_the_monitor_loads_no_parser_and_the_manager_no_http_client(compute_serv
     assert "mep.monitor.server" in monitor_modules and "mep.monitor.spawn" in monitor_modules
     loaded = sorted(m for m in monitor_modules if m.split(".")[0] in FORBIDDEN)
     assert loaded == [], f"the root monitor loaded {loaded}"
-    assert "pika" in manager_modules and "mep.forked_call" in manager_modules
+    assert "pika" in manager_modules and "wire.forked_call" in manager_modules
     loaded = sorted(m for m in manager_modules if m.split(".")[0] in NOT_IN_MANAGER)
     assert loaded == [], f"the long-lived manager loaded {loaded}"
 

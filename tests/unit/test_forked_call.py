@@ -1,4 +1,4 @@
-"""mep.forked_call: a call made in a forked child comes back as JSON, or as its failure."""
+"""wire.forked_call: a call made in a forked child comes back as JSON, or as its failure."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from mep import manager_process
-from mep.forked_call import ChildCallFailed, call_in_child
 from mep.registration import EX_NOPERM, EX_SOFTWARE, RegistrationError
+from wire.forked_call import ChildCallFailed, call_in_child
 
 
 def test_the_value_comes_back_and_the_child_is_reaped():
@@ -72,7 +72,7 @@ def test_the_parent_never_imports_what_the_call_imports(call, module):
     """The point of the child: what the call loads stays out of the long-lived process."""
     program = (
         "import sys\n"
-        "from mep.forked_call import call_in_child\n"
+        "from wire.forked_call import call_in_child\n"
         "def call():\n"
         f"    {call}\n"
         f"    return {module!r} in sys.modules\n"

@@ -9,7 +9,7 @@ and exits. The parent never imports any of it and gets plain JSON back. A user
 endpoint renders its config this way too (:mod:`uep.launch`): Jinja and
 jsonschema never load in it, nor in the interchange forked from it.
 
-The child is a copy of the manager (same account, same code, no exec), so it
+The child is a copy of its caller (same account, same code, no exec), so it
 is as trusted as the caller. A caller that needs to pass a refusal back (a
 registration's exit code, say) returns it as a value; anything the call raises
 comes back as :class:`ChildCallFailed`, with its type and message.
