@@ -54,27 +54,28 @@ print(json.dumps({"closed": closed, "child_sockets": families, "unix": ours.recv
 """
 
 
-def _run(*args: str) -> dict:
+def _run(program: str, *args: str) -> dict:
+    """The JSON document ``program`` prints last, run in a fresh interpreter."""
     done = subprocess.run(
-        [sys.executable, "-c", FORKING_PROGRAM, *args],
+        [sys.executable, "-c", program, *args],
         capture_output=True,
         text=True,
         timeout=120,
-        check=True,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
     )
+    assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_without_the_hook_a_forked_child_keeps_the_connection_open():
     """The premise: the child's copy of the descriptor keeps the TCP connection up."""
-    seen = _run("plain")
+    seen = _run(FORKING_PROGRAM, "plain")
     assert seen["closed"] is False
     assert int(socket.AF_INET) in seen["child_sockets"]
 
 
 def test_with_the_hook_the_child_holds_no_network_socket():
-    seen = _run("hook")
+    seen = _run(FORKING_PROGRAM, "hook")
     assert seen["closed"] is True
     assert seen["child_sockets"] == [int(socket.AF_UNIX)] * len(seen["child_sockets"])
     assert seen["child_sockets"]  # the pair and the queues' sockets stay usable
@@ -125,22 +126,10 @@ print(json.dumps({"seen": dict(in_progress), "held": held, "children": children,
 """
 
 
-def _manager(*args: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-c", MANAGER_PROGRAM, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def test_the_pools_manager_is_served_by_a_thread_and_a_forked_worker_reaches_it():
     """No server process: the pool has no child but the worker, and what the worker
     wrote is in the pool's dict."""
-    seen = _manager("hook")
+    seen = _run(MANAGER_PROGRAM, "hook")
     assert seen["exit"] == 0
     assert seen["seen"] == {seen["child"]: "task 7"}
     assert seen["children"] == []  # the worker has been joined; nothing else was started
@@ -149,5 +138,5 @@ def test_the_pools_manager_is_served_by_a_thread_and_a_forked_worker_reaches_it(
 def test_a_forked_worker_holds_none_of_the_managers_server_sockets():
     """The premise without the hook (the server's listener and its connections are
     inherited), then with it."""
-    assert _manager("plain")["held"] > 0
-    assert _manager("hook")["held"] == 0
+    assert _run(MANAGER_PROGRAM, "plain")["held"] > 0
+    assert _run(MANAGER_PROGRAM, "hook")["held"] == 0
