@@ -9,16 +9,15 @@ from the pool after its imports, they share the pool's pages until they write
 to them, and fork's semaphores need no tracker: the pool, its server and one
 worker went from 79 to 48 MB of PSS, the user's whole tree from 151 to 120.
 
-Fork has one hazard here, and :func:`close_network_sockets` removes it: a forked
+Fork has one hazard here, and :func:`close_inherited_sockets` removes it: a forked
 child inherits every open descriptor, the pool's network sockets included.
 The pool probes the interchange before it starts its workers and closes the
 probe's connection right after; when a child was forked before ZeroMQ had
 really closed it, the child kept that TCP connection open. The interchange then
 still saw the pool's identity connected and ignored the pool's real connection,
 and the user's first task waited forever (5 of 10 cold starts under load).
-Workers and the manager's server talk to the pool only through pipes and Unix
-sockets, so every IPv4 and IPv6 socket is closed in each child right after the
-fork. The pool itself runs as before.
+Workers talk to the pool and its manager only through pipes and Unix sockets,
+so every IPv4 and IPv6 socket is closed in each child right after the fork. The pool itself runs as before.
 
 Before each fork the pool's objects are frozen (:func:`gc.freeze`): a full
 collection in a worker would otherwise write to every inherited object, and so
@@ -29,8 +28,7 @@ The pool imports only the Parsl submodules it runs (:func:`uep.lean_parsl.defer`
 what the forked children share is then 14 MB rather than 25, and a task that
 imports Parsl still gets all of it. And its manager has no server process:
 :func:`served_manager` serves it from a thread of the pool (a user's tree 84.7
--> 79.1 MB); each child closes its copies of that server's sockets
-(:func:`close_manager_server_sockets`).
+-> 79.1 MB); each child closes its copies of that server's sockets too.
 
 Everything else a forked child needs is already fork-aware: the logging
 module and multiprocessing's queues reset their locks and threads in the
@@ -61,8 +59,8 @@ def command() -> list[str]:
     return [sys.executable, "-m", MODULE]
 
 
-def _family(fd: int) -> int | None:
-    """The address family of descriptor ``fd`` if it is a socket, else None."""
+def _socket_of(fd: int) -> tuple[int, t.Any] | None:
+    """(address family, local address) of descriptor ``fd`` if it is a socket, else None."""
     try:
         if not stat.S_ISSOCK(os.fstat(fd).st_mode):
             return None
@@ -70,43 +68,31 @@ def _family(fd: int) -> int | None:
     except OSError:
         return None
     try:
-        return probe.family
+        return probe.family, probe.getsockname()
+    except OSError:
+        return probe.family, None
     finally:
         probe.detach()  # the descriptor stays open: only looked at
-
-
-def close_network_sockets() -> None:
-    """Close every IPv4/IPv6 socket this (just forked) process inherited."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if _family(fd) in NETWORK:
-            os.close(fd)
-
-
-def _sockname(fd: int) -> t.Any:
-    probe = socket.socket(fileno=fd)
-    try:
-        return probe.getsockname()
-    finally:
-        probe.detach()
 
 
 # Addresses of the manager servers this process serves from threads.
 _SERVED: list[str] = []
 
 
-def close_manager_server_sockets() -> None:
-    """Close the server ends of this (just forked) process's parent's manager.
+def _inherited_by_mistake(family: int, address: t.Any) -> bool:
+    """A socket a forked child must not keep: any IPv4/IPv6 one, and the server
+    ends of its parent's manager. Holding the latter would keep a connection
+    open for the peer after the pool itself is gone: a worker waiting on the
+    manager would then wait forever instead of seeing the connection end."""
+    return family in NETWORK or (family == socket.AF_UNIX and address in _SERVED)
 
-    A child holding them would keep a connection open for the peer after the
-    pool itself is gone: a worker waiting on the manager would then wait forever
-    instead of seeing the connection end.
-    """
-    if not _SERVED:
-        return
+
+def close_inherited_sockets() -> None:
+    """In a just forked process: close the sockets it must not keep, in one pass."""
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if _family(fd) == socket.AF_UNIX and _sockname(fd) in _SERVED:
+        found = _socket_of(fd)
+        if found is not None and _inherited_by_mistake(*found):
             os.close(fd)
 
 
@@ -147,8 +133,7 @@ def fork_instead_of_spawn() -> None:
     import parsl.multiprocessing as contexts
 
     contexts.SpawnContext = PoolContext()
-    os.register_at_fork(before=gc.freeze, after_in_child=close_network_sockets)
-    os.register_at_fork(after_in_child=close_manager_server_sockets)
+    os.register_at_fork(before=gc.freeze, after_in_child=close_inherited_sockets)
 
 
 def main() -> None:

@@ -28,7 +28,8 @@ if sys.argv[1] == "hook":
 
 def child(unix_end, report, release):
     import os
-    families = [worker_pool._family(int(fd)) for fd in os.listdir("/proc/self/fd")]
+    found = [worker_pool._socket_of(int(fd)) for fd in os.listdir("/proc/self/fd")]
+    families = [f[0] if f else None for f in found]
     unix_end.sendall(b"still here")
     report.put(sorted(int(f) for f in families if f is not None))
     release.wait(30)
@@ -112,7 +113,7 @@ address = worker_pool._SERVED[0]
 
 def child(in_progress, queue):
     held = [fd for fd in map(int, os.listdir("/proc/self/fd"))
-            if worker_pool._family(fd) == socket.AF_UNIX and worker_pool._sockname(fd) == address]
+            if worker_pool._socket_of(fd) == (socket.AF_UNIX, address)]
     in_progress[os.getpid()] = "task 7"
     queue.put(len(held))
 
