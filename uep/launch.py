@@ -216,19 +216,19 @@ def _render(
     from templates.user_config import load_user_endpoint_config
 
     request = payload.render
-    text = payload.config_text if request is None else None
-    if request is not None:
+    if request is None:
+        text = payload.config_text
+    else:
         outcome = _render_in_child(request)
-        if "refused" not in outcome:
-            text = outcome["yaml_text"]
-        else:
-            refused = outcome["refused"]
+        refused = outcome.get("refused")
+        if refused is not None:
             step, admin_message = refused["step"], refused["admin_message"]
             log.error("user endpoint %s: config refused (%s): %s", name, step, admin_message)
             leave_note(payload.note_fd, f"render:{step}", admin_message)
             port = request.parent_config.get("amqp_port")
             report_startup_failure(creds, refused["user_message"], port)
             return EX_DATAERR
+        text = outcome["yaml_text"]
     try:
         return text, load_user_endpoint_config(text)
     except Exception as e:
