@@ -142,15 +142,15 @@ def _deferred_package(name: str) -> types.ModuleType:
     lock = threading.Lock()
 
     def complete(attribute: str) -> t.Any:
-        if importlib.machinery.PathFinder.find_spec(f"{name}.{attribute}", module.__path__):
-            # a submodule: the import system loads it (``from parsl import curvezmq``)
-            # or finds it half-loaded in sys.modules during a circular import
-            raise AttributeError(f"module {name!r} has no attribute {attribute!r}")
         defined_in = DEFINED_IN.get(name, {}).get(attribute)
         if defined_in is not None:
             value = getattr(importlib.import_module(defined_in), attribute)
             setattr(module, attribute, value)
             return value
+        if importlib.machinery.PathFinder.find_spec(f"{name}.{attribute}", module.__path__):
+            # a submodule: the import system loads it (``from parsl import curvezmq``)
+            # or finds it half-loaded in sys.modules during a circular import
+            raise AttributeError(f"module {name!r} has no attribute {attribute!r}")
         with lock:
             if module.__dict__.get("__getattr__") is complete:
                 del module.__dict__["__getattr__"]
