@@ -112,6 +112,9 @@ def test_credential_channel_rewrites_what_the_child_reads():
             Fernet(channel.key.encode()).decrypt(os.pread(channel.child_fd, 1 << 16, 0))
         )
         assert read()["amqp_creds"]["task_queue_info"]["queue"] == "first"
+        sealed = os.pread(channel.child_fd, 1 << 16, 0)
+        channel.write(creds("first"))  # a token has a fresh IV: a second sealing would differ
+        assert os.pread(channel.child_fd, 1 << 16, 0) == sealed
         channel.write(creds("second"))
         assert read()["amqp_creds"]["task_queue_info"]["queue"] == "second"
         assert os.fstat(channel.child_fd).st_size == os.fstat(channel._fd).st_size
