@@ -129,9 +129,81 @@ def _parsed(delivery: Delivery) -> t.Any:
         return refusal
 
 
+class Lookup(t.Protocol):
+    """Where :func:`_checked` and :func:`_forward` find a task and its endpoint."""
+
+    def task(self, task_id: str) -> t.Any: ...
+
+    def high_assurance(self, endpoint_id: str) -> bool: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class _OneByOne:
+    """The session's own lookups: one query per message, for a message alone."""
+
+    s: Session
+
+    def task(self, task_id: str) -> schema.Task | None:
+        return self.s.get(schema.Task, task_id)
+
+    def high_assurance(self, endpoint_id: str) -> bool:
+        endpoint = self.s.get(schema.Endpoint, endpoint_id)
+        return bool(endpoint and endpoint.high_assurance)
+
+
+# What recording a result reads of its task; a batch loads only these.
+TASK_COLUMNS = tuple(
+    getattr(schema.Task, name)
+    for name in (
+        "id",
+        "user_endpoint_id",
+        "endpoint_id",
+        "owner_id",
+        "task_group_id",
+        "status",
+        "result",
+        "exception",
+    )
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preloaded:
+    """A batch's tasks and endpoints, read in two queries as plain rows.
+
+    Rows, not ORM objects: building and tracking an ORM object per result took
+    the forwarder longer than the database took to find the rows. Nothing here
+    is written back through the session (:func:`store.finish_tasks` updates by
+    statement), so the rows hold the values as they were before the batch.
+    """
+
+    tasks: dict[str, t.Any]
+    assured: frozenset[str]
+
+    @classmethod
+    def load(cls, s: Session, task_ids: list[str]) -> Preloaded:
+        if not task_ids:
+            return cls({}, frozenset())
+        rows = s.execute(select(*TASK_COLUMNS).where(schema.Task.id.in_(task_ids)))
+        tasks = {row.id: row for row in rows}
+        endpoint_ids = {row.endpoint_id for row in tasks.values()}
+        assured = s.scalars(
+            select(schema.Endpoint.id).where(
+                schema.Endpoint.id.in_(endpoint_ids), schema.Endpoint.high_assurance
+            )
+        )
+        return cls(tasks, frozenset(assured))
+
+    def task(self, task_id: str) -> t.Any:
+        return self.tasks.get(task_id)
+
+    def high_assurance(self, endpoint_id: str) -> bool:
+        return endpoint_id in self.assured
+
+
 def _checked(
-    s: Session, topo: Topology, delivery: Delivery, parsed: t.Any = None
-) -> tuple[schema.Task, t.Any]:
+    lookup: Lookup, topo: Topology, delivery: Delivery, parsed: t.Any = None
+) -> tuple[t.Any, t.Any]:
     """The task a result is about and the result, if its sender is the task's endpoint.
 
     ``parsed`` is what :func:`_parsed` made of the body, when a batch read it
@@ -143,7 +215,7 @@ def _checked(
     if isinstance(result, Refused):
         raise result
     task_id = str(result.task_id)
-    task = s.get(schema.Task, task_id)
+    task = lookup.task(task_id)
     if task is None:
         raise Refused("unknown_task", f"result for unknown task {task_id} from {sender}")
     if task.user_endpoint_id != sender:
@@ -164,23 +236,23 @@ def _outcome(result: t.Any) -> dict:
 
 
 def _forward(
-    s: Session, topo: Topology, task: schema.Task, delivery: Delivery, done: bool, text: str
+    lookup: Lookup, topo: Topology, task: t.Any, delivery: Delivery, done: bool, text: str
 ) -> Recorded:
     """Forward a result this message recorded, or one redelivered after it recorded it."""
     if not done and not (delivery.redelivered and text in (task.result, task.exception)):
         log.info("result for task %s was already recorded; not forwarding it again", task.id)
         return Recorded()
-    endpoint = s.get(schema.Endpoint, task.endpoint_id)
     queue = topo.sdk_queue(task.owner_id, task.task_group_id)
-    return Recorded([Forward(queue, delivery.body, bool(endpoint and endpoint.high_assurance))])
+    return Recorded([Forward(queue, delivery.body, lookup.high_assurance(task.endpoint_id))])
 
 
 def record_result(s: Session, topo: Topology, delivery: Delivery) -> Recorded:
     """Store a result from the user endpoint that ran it; what to forward to its submitter."""
-    task, result = _checked(s, topo, delivery)
+    lookup = _OneByOne(s)
+    task, result = _checked(lookup, topo, delivery)
     outcome = _outcome(result)
     done = store.finish_task(s, task.id, **outcome)
-    return _forward(s, topo, task, delivery, done, outcome["result"] or outcome["exception"])
+    return _forward(lookup, topo, task, delivery, done, outcome["result"] or outcome["exception"])
 
 
 class Raced(Exception):
@@ -188,15 +260,16 @@ class Raced(Exception):
 
 
 def record_results(s: Session, topo: Topology, deliveries: list[Delivery]) -> list[Recorded]:
-    """:func:`record_result` for a batch: two queries to load, one statement to store.
+    """:func:`record_result` for a batch: two queries to load, one executemany to store.
 
     Raises :class:`Refused` if any message would be refused, and :class:`Raced`
     if a task changed under the batch; the caller then records the messages one
     by one, each with its own verdict.
     """
     parsed = [_parsed(d) for d in deliveries]
-    _pinned = _preload(s, [r for r in parsed if not isinstance(r, Refused)])
-    checked = [(d, *_checked(s, topo, d, r)) for d, r in zip(deliveries, parsed, strict=True)]
+    ids = [str(r.task_id) for r in parsed if not isinstance(r, Refused)]
+    lookup = Preloaded.load(s, ids)
+    checked = [(d, *_checked(lookup, topo, d, r)) for d, r in zip(deliveries, parsed, strict=True)]
     outcomes, fresh = [], {}
     for _, task, result in checked:
         outcome = _outcome(result)
@@ -209,24 +282,8 @@ def record_results(s: Session, topo: Topology, deliveries: list[Delivery]) -> li
     for (delivery, task, _), outcome in zip(checked, outcomes, strict=True):
         done = fresh.pop(task.id, None) is outcome
         text = outcome["result"] or outcome["exception"]
-        recorded.append(_forward(s, topo, task, delivery, done, text))
+        recorded.append(_forward(lookup, topo, task, delivery, done, text))
     return recorded
-
-
-def _preload(s: Session, results: list[t.Any]) -> list[t.Any]:
-    """Load the tasks (and their endpoints) a batch of results is about, in two queries.
-
-    :func:`_checked` then finds them in the session instead of asking the
-    database once per message. The caller keeps the returned list for the
-    batch: the session holds unmodified objects only while someone else does.
-    """
-    task_ids = [str(result.task_id) for result in results]
-    if not task_ids:
-        return []
-    tasks = list(s.scalars(select(schema.Task).where(schema.Task.id.in_(task_ids))))
-    endpoint_ids = {task.endpoint_id for task in tasks}
-    endpoints = s.scalars(select(schema.Endpoint).where(schema.Endpoint.id.in_(endpoint_ids)))
-    return [*tasks, *endpoints]
 
 
 def fail_unstorable(s: Session, topo: Topology, delivery: Delivery, problem: str) -> Recorded:

@@ -118,6 +118,38 @@ def test_a_result_counts_once_and_only_from_the_tasks_user_endpoint(sessions):
         )
 
 
+def test_a_batch_of_results_gets_the_verdicts_and_forwards_of_one_by_one(sessions):
+    """The forwarder's batch path reads plain rows; it must decide as the ORM path does."""
+    uep, other = str(uuid.uuid4()), str(uuid.uuid4())
+    with sessions.begin() as s:
+        tasks = [_task(s, uep, owner="alice-id") for _ in range(3)]
+        s.get(schema.Endpoint, s.get(schema.Task, tasks[0]).endpoint_id).high_assurance = True
+        groups = [s.get(schema.Task, t).task_group_id for t in tasks]
+    batch = [result_from(uep, t, user_id=f"p.uep.{uep}") for t in tasks]
+    with sessions.begin() as s:
+        for wrong, reason in (
+            (result_from(other, tasks[1]), "not_the_tasks_endpoint"),
+            (result_from(uep, str(uuid.uuid4())), "unknown_task"),
+            (result_from(uep, tasks[1], user_id=f"p.uep.{other}"), "user_id"),
+        ):
+            refused(lambda w=wrong: recording.record_results(s, TOPO, [*batch, w]), reason)
+    with sessions.begin() as s:
+        assert {s.get(schema.Task, t).status for t in tasks} == {store.PENDING}
+        recorded = recording.record_results(s, TOPO, [*batch, batch[2]])
+    forwards = [r.forwards for r in recorded]
+    assert [[(f.queue, f.body, f.high_assurance) for f in fs] for fs in forwards] == [
+        [(f"p.tg.alice-id.{groups[0]}", batch[0].body, True)],
+        [(f"p.tg.alice-id.{groups[1]}", batch[1].body, False)],
+        [(f"p.tg.alice-id.{groups[2]}", batch[2].body, False)],
+        [],  # the same result twice in one batch is forwarded once
+    ]
+    with sessions.begin() as s:
+        assert {s.get(schema.Task, t).status for t in tasks} == {"success"}
+        assert [r.forwards for r in recording.record_results(s, TOPO, batch)] == [[], [], []]
+        again = [dataclasses.replace(d, redelivered=True) for d in batch]
+        assert [len(r.forwards) for r in recording.record_results(s, TOPO, again)] == [1, 1, 1]
+
+
 def test_an_error_report_fails_only_the_senders_own_pending_tasks(sessions):
     uep_id, other_uep = str(uuid.uuid4()), str(uuid.uuid4())
     with sessions.begin() as s:
