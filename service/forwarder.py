@@ -43,7 +43,7 @@ from sqlalchemy import exc as db_errors
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
-from service.broker import declare_topology
+from service.broker import declare_topology, queue_frames
 from service.recording import (
     Delivery,
     Forward,
@@ -225,13 +225,13 @@ class Forwarder:
 
     @staticmethod
     def forward(channel: t.Any, forward: Forward) -> None:
-        """Put a result on an SDK queue; the broker holds it once the channel's
-        transaction commits."""
+        """Queue a result for an SDK queue; the broker holds it once the channel's
+        transaction commits, whose flush sends every frame the batch queued."""
         headers = {"high_assurance": True} if forward.high_assurance else None
         properties = pika.BasicProperties(
             timestamp=int(time.time()), delivery_mode=2, headers=headers
         )
-        channel.basic_publish("", forward.queue, forward.body, properties)
+        queue_frames(channel, "", forward.queue, forward.body, properties)
 
     def _count(self, kind: str, reason: str, detail: str) -> None:
         log.warning("dropped a %s message (%s): %s", kind, reason, detail)
