@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import importlib.util
 import json
 import math
 import os
@@ -470,6 +471,11 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the managers map identities to local accounts")
+    if importlib.util.find_spec("matplotlib") is None:  # asked now, not after the runs
+        raise SystemExit(
+            "the chart of ratios needs matplotlib, which this environment lacks:"
+            " pip install '.[bench]' (make compare does)"
+        )
     sides = tuple(args.sides.split(","))
     runs = []
     work = Path(tempfile.mkdtemp(prefix="ca-compare-", dir="/var/tmp"))
