@@ -55,9 +55,14 @@ SERVICE = Depends(service)
 
 
 def db(svc: Service = SERVICE) -> t.Iterator[Session]:
-    """A session committed when the handler returns normally, rolled back otherwise."""
-    with svc.sessions.begin() as s:
+    """A session committed when the handler returns normally, rolled back otherwise.
+
+    Not one ``begin()`` block: :func:`any_caller` commits its read early, and
+    the handler's own work begins a new transaction on the same session.
+    """
+    with svc.sessions() as s:
         yield s
+        s.commit()
 
 
 DB = Depends(db, scope="function")
@@ -72,11 +77,20 @@ def bearer_token(request: Request) -> str:
 
 
 def any_caller(request: Request, s: Session = DB) -> auth.Caller:
-    """The caller behind any token this service issued (userinfo accepts both kinds)."""
+    """The caller behind any token this service issued (userinfo accepts both kinds).
+
+    The lookup's transaction ends here, which gives its connection back to the
+    pool: a submit then opens sessions of its own, and a request holding one
+    connection while it waits for a second deadlocks the pool once as many
+    requests as it has connections do the same. Twenty researchers submitting
+    at once stalled for the pool's 30 s timeout and got 500s.
+    """
     try:
-        return auth.caller_for_token(s, bearer_token(request))
+        caller = auth.caller_for_token(s, bearer_token(request))
     except auth.AuthError as e:
         raise ApiError(e.status, str(e)) from None
+    s.commit()
+    return caller
 
 
 ANY_CALLER = Depends(any_caller)
