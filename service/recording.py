@@ -152,18 +152,15 @@ class _OneByOne:
 
 
 # What recording a result reads of its task; a batch loads only these.
-TASK_COLUMNS = tuple(
-    getattr(schema.Task, name)
-    for name in (
-        "id",
-        "user_endpoint_id",
-        "endpoint_id",
-        "owner_id",
-        "task_group_id",
-        "status",
-        "result",
-        "exception",
-    )
+TASK_COLUMNS = (
+    schema.Task.id,
+    schema.Task.user_endpoint_id,
+    schema.Task.endpoint_id,
+    schema.Task.owner_id,
+    schema.Task.task_group_id,
+    schema.Task.status,
+    schema.Task.result,
+    schema.Task.exception,
 )
 
 

@@ -17,7 +17,8 @@ really closed it, the child kept that TCP connection open. The interchange then
 still saw the pool's identity connected and ignored the pool's real connection,
 and the user's first task waited forever (5 of 10 cold starts under load).
 Workers talk to the pool and its manager only through pipes and Unix sockets,
-so every IPv4 and IPv6 socket is closed in each child right after the fork. The pool itself runs as before.
+so every IPv4 and IPv6 socket is closed in each child right after the fork.
+The pool itself runs as before.
 
 Before each fork the pool's objects are frozen (:func:`gc.freeze`): a full
 collection in a worker would otherwise write to every inherited object, and so
