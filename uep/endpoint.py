@@ -6,8 +6,9 @@ report back through a thread-safe queue.
 
 The delivery rules that make a task impossible to lose:
 
-1. at most ``prefetch`` deliveries are unacknowledged (``basic_qos``), and the
-   engine is never handed more than it can start soon;
+1. at most a fixed number of deliveries are unacknowledged (``basic_qos``),
+   and the engine is never handed more than it can start soon
+   (:mod:`uep.window`);
 2. a task is journaled in the store (fsync) and handed to the engine before
    its delivery is acked, and only while that delivery's channel is open (a
    closed channel's deliveries go back to the broker, for the next session);
@@ -39,6 +40,7 @@ from uep.idle import IdleState, idle_tick
 from uep.intake import Verdict, judge
 from uep.session import SHUTTING_DOWN, Session, Settings
 from uep.store import Store
+from uep.window import Window
 from wire.queue_info import AmqpCreds
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,6 @@ log = logging.getLogger(__name__)
 RESTARTED = "endpoint restarted; task state unknown"
 LOST_CODE = "UNKNOWN_TASK_FAILURE"
 MAX_REFUSED_SESSIONS = 10
-MAX_PREFETCH = 65535  # AMQP's prefetch count is a 16-bit field
 MAX_RECONNECT_DELAY_S = 30.0
 
 
@@ -79,7 +80,7 @@ class UserEndpoint:
         self.ep_info = ep_info
         self.settings = settings
         self.set_title = set_title
-        self.prefetch = min(MAX_PREFETCH, max(2 * engine.capacity, engine.capacity + 16))
+        self.window = Window(engine.capacity)
         self.received = 0
         self.forwarded = 0
         self.stop_reason: str | None = None
@@ -225,6 +226,7 @@ class UserEndpoint:
                 self._unstored = batch
                 return []
             self._started.difference_update(task_id for task_id, _packed in batch)
+            self.window.finished(len(batch), time.monotonic())
         return batch
 
     def stranded(self, task_id: str | None) -> bool:

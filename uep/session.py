@@ -29,6 +29,7 @@ from wire.redaction import redact
 if t.TYPE_CHECKING:
     from uep.engines.base import Engine
     from uep.store import Store
+    from uep.window import Window
     from wire.queue_info import AmqpCreds
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class Owner(t.Protocol):
     """What a session needs of the user endpoint that runs it (:class:`uep.endpoint.UserEndpoint`)."""
 
     endpoint_id: str
-    prefetch: int
+    window: Window
     settings: Settings
     store: Store
     engine: Engine
@@ -185,7 +186,7 @@ class Session:
     def _on_consume_channel(self, ch) -> None:
         self.consume_ch = ch
         ch.add_on_close_callback(self._on_channel_closed)
-        ch.basic_qos(prefetch_count=self.ep.prefetch, callback=lambda _f: self._consume())
+        ch.basic_qos(prefetch_count=self.ep.window.ceiling, callback=lambda _f: self._consume())
 
     def _consume(self) -> None:
         self.consumer_tag = self.consume_ch.basic_consume(
@@ -199,9 +200,10 @@ class Session:
         """The broker accepted us as the queue's one consumer: the session is up."""
         self.opened = True
         log.info(
-            "session open; consuming %s (prefetch %d)",
+            "session open; consuming %s (the engine holds %d to %d tasks)",
             self.creds.task_queue_info.queue,
-            self.ep.prefetch,
+            self.ep.window.floor,
+            self.ep.window.ceiling,
         )
         self._heartbeat()
         self.ep.take_results()  # finished while no session could be woken
@@ -242,7 +244,7 @@ class Session:
             self.pending.clear()
             return
         ep = self.ep
-        taken = self._take(ep.prefetch - ep.engine.outstanding)
+        taken = self._take(ep.window.size(time.monotonic()) - ep.engine.outstanding)
         if not taken:
             return
         to_run, answers = self._sort(taken)

@@ -1,4 +1,4 @@
-"""The user endpoint's loop without a broker: waking sessions, prefetch, giving up.
+"""The user endpoint's loop without a broker: waking sessions, its window, giving up.
 
 Fakes stand in for the engine and for sessions; the store is the real one on a
 temporary file.
@@ -6,13 +6,15 @@ temporary file.
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future
 
 import pytest
 
 from uep import endpoint as uep_endpoint
-from uep.endpoint import MAX_PREFETCH, Settings, UserEndpoint, reconnect_delay
+from uep.endpoint import Settings, UserEndpoint, reconnect_delay
 from uep.store import Store
+from uep.window import MAX_PREFETCH, SOON_S
 
 SETTINGS = Settings(
     heartbeat_period=30,
@@ -86,7 +88,7 @@ def test_a_result_finished_between_sessions_still_wakes_the_next_session(endpoin
     assert endpoint._results.qsize() == 3
 
 
-def test_prefetch_fits_amqps_sixteen_bits(tmp_path):
+def test_the_window_fits_amqps_sixteen_bit_prefetch(tmp_path):
     store = Store(tmp_path / "s.sqlite3")
     try:
         big = UserEndpoint(
@@ -97,7 +99,7 @@ def test_prefetch_fits_amqps_sixteen_bits(tmp_path):
             ep_info={},
             settings=SETTINGS,
         )
-        assert big.prefetch == MAX_PREFETCH == 65535
+        assert big.window.floor == big.window.ceiling == MAX_PREFETCH == 65535
     finally:
         store.close()
 
@@ -138,3 +140,16 @@ def test_a_long_outage_is_waited_out_and_refusals_are_not(endpoint, monkeypatch)
     monkeypatch.setattr(uep_endpoint, "Session", Outage(down=50, refused=True))
     assert endpoint.run() == 1
     assert "refused" in endpoint.stop_reason
+
+
+def test_results_the_engine_hands_back_widen_the_window(endpoint):
+    """Only stored results of journaled tasks count: a late answer is not the engine's pace."""
+    floor = endpoint.window.floor
+    endpoint.store.accept([(f"t{n}", b"task", "{}") for n in range(3)], [])
+    for n in range(3):
+        endpoint._results.put((f"t{n}", b"result"))
+    endpoint._results.put(("never-journaled", b"result"))
+    now = time.monotonic()
+    assert len(endpoint.take_results()) == 3
+    assert endpoint.window.size(now) == floor + 3
+    assert endpoint.window.size(now + SOON_S + 1) == floor
