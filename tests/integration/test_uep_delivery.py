@@ -360,7 +360,9 @@ def test_a_pump_in_the_last_pass_of_a_dropped_session_loses_nothing(service, tmp
             raced.set()
             (gates / "0").touch()  # the running task finishes: room for a delivery
             deadline = time.monotonic() + 10
-            while self.ep.engine.outstanding >= self.ep.prefetch and time.monotonic() < deadline:
+            while (
+                self.ep.engine.outstanding >= self.ep.window.floor and time.monotonic() < deadline
+            ):
                 time.sleep(0.01)
             conn.ioloop.call_later(0, self.pump)  # the pump an earlier pass armed
         real_on_closed(self, conn, reason)
@@ -368,7 +370,7 @@ def test_a_pump_in_the_last_pass_of_a_dropped_session_loses_nothing(service, tmp
     monkeypatch.setattr(session_module.Session, "_on_closed", on_closed_in_the_race)
     with endpoint_in_this_process(service, tmp_path) as endpoint:
         waiting = 3
-        count = endpoint.prefetch + waiting
+        count = endpoint.window.floor + waiting
         try:
             ids = [service.submit(wait_for_gate, str(gates / str(n))) for n in range(count)]
             deadline = time.monotonic() + 30
@@ -377,7 +379,9 @@ def test_a_pump_in_the_last_pass_of_a_dropped_session_loses_nothing(service, tmp
                 if session is not None and len(session.pending) == waiting:
                     break
                 time.sleep(0.05)
-            assert endpoint.engine.outstanding == endpoint.prefetch, "the engine never filled up"
+            assert endpoint.engine.outstanding == endpoint.window.floor, (
+                "the engine never filled up"
+            )
             assert _close_connections_of(service.vhost, f"uep {service.endpoint_id}") == 1
             assert raced.wait(10), "the session never saw its connection close"
         finally:
@@ -410,3 +414,84 @@ def test_a_task_journaled_but_never_started_runs_when_delivered_again(
         answers = assert_answered_once(service, [task_id], settle=0.5)
         assert failures == [task_id], "the injected failure never happened"
         assert not answers[task_id].is_error
+
+
+def _queued(service, expected: int, timeout_s: float = 10) -> int:
+    """Messages ready in the task queue, once the broker has taken back what it expects."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ready = service._channel().queue_declare(service.task_queue, passive=True)
+        if ready.method.message_count == expected or time.monotonic() > deadline:
+            return ready.method.message_count
+        time.sleep(0.1)
+
+
+def test_short_tasks_open_the_engines_window(service, tmp_path, monkeypatch):
+    """Tasks that finish in milliseconds let the engine hold more than its floor.
+
+    With the floor alone, every refill waits for a result to come back and for
+    the broker to send the next deliveries; that round trip set the pace of
+    no-op bursts. The window opens by what the engine finished in the last
+    ``SOON_S`` seconds, and never past its ceiling.
+    """
+    from uep import session as session_module
+
+    held = []
+    real_pump = session_module.Session.pump
+
+    def pump_and_count(self):
+        real_pump(self)
+        held.append(self.ep.engine.outstanding)
+
+    monkeypatch.setattr(session_module.Session, "pump", pump_and_count)
+    ids = [service.submit(nap, 0.002) for _ in range(400)]
+    with endpoint_in_this_process(service, tmp_path) as endpoint:
+        answers = assert_answered_once(service, ids, settle=0.5)
+    assert all(not a.is_error for a in answers.values())
+    window = endpoint.window
+    assert window.floor + 20 < max(held) <= window.ceiling, (window.floor, max(held))
+
+
+def test_slow_tasks_keep_the_engine_at_its_floor_and_a_stop_leaves_the_rest_queued(
+    service, tmp_path
+):
+    """The broker may send up to the window's ceiling, but tasks that do not
+    finish never open the window: the engine holds only its floor. A stop
+    answers just those as unknown; the deliveries waiting beyond them were never
+    acked, so they go back to the queue and the next session runs them."""
+    from uep.session import SHUTTING_DOWN
+
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    waiting = 40
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    try:
+        with endpoint_in_this_process(service, first_dir) as endpoint:
+            floor = endpoint.window.floor
+            ids = [
+                service.submit(wait_for_gate, str(gates / "open")) for _ in range(floor + waiting)
+            ]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                session = endpoint._session
+                if session is not None and len(session.pending) == waiting:
+                    break
+                time.sleep(0.05)
+            assert len(endpoint._session.pending) == waiting, "the broker held deliveries back"
+            time.sleep(0.5)
+            assert endpoint.engine.outstanding == floor
+            endpoint.request_stop("the admin stops it")
+            stopped = service.wait_results(ids[:floor], timeout=30)  # one queue: FIFO
+            (gates / "open").touch()
+        assert all(r.is_error and r.data == SHUTTING_DOWN for r in stopped.values())
+        assert _queued(service, waiting) == waiting
+        service.drain()
+        assert set(service.results) == set(ids[:floor])
+        with endpoint_in_this_process(service, second_dir):
+            answers = assert_answered_once(service, ids, settle=0.5)
+    finally:
+        (gates / "open").touch()
+    ran = [a for a in answers.values() if not a.is_error]
+    assert len(ran) == waiting
