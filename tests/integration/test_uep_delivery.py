@@ -335,6 +335,16 @@ def endpoint_in_this_process(service, tmp_path, max_workers: int = 1):
     assert not runner.is_alive()
 
 
+def _wait_for_pending(endpoint, waiting: int, timeout_s: float = 30) -> None:
+    """Until the session holds ``waiting`` deliveries the engine has no room for."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        session = endpoint._session
+        if session is not None and len(session.pending) == waiting:
+            return
+        time.sleep(0.05)
+
+
 def test_a_pump_in_the_last_pass_of_a_dropped_session_loses_nothing(service, tmp_path, monkeypatch):
     """The broker drops the connection while deliveries wait for room in the engine.
 
@@ -373,12 +383,7 @@ def test_a_pump_in_the_last_pass_of_a_dropped_session_loses_nothing(service, tmp
         count = endpoint.window.floor + waiting
         try:
             ids = [service.submit(wait_for_gate, str(gates / str(n))) for n in range(count)]
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                session = endpoint._session
-                if session is not None and len(session.pending) == waiting:
-                    break
-                time.sleep(0.05)
+            _wait_for_pending(endpoint, waiting)
             assert endpoint.engine.outstanding == endpoint.window.floor, (
                 "the engine never filled up"
             )
@@ -473,12 +478,7 @@ def test_slow_tasks_keep_the_engine_at_its_floor_and_a_stop_leaves_the_rest_queu
             ids = [
                 service.submit(wait_for_gate, str(gates / "open")) for _ in range(floor + waiting)
             ]
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                session = endpoint._session
-                if session is not None and len(session.pending) == waiting:
-                    break
-                time.sleep(0.05)
+            _wait_for_pending(endpoint, waiting)
             assert len(endpoint._session.pending) == waiting, "the broker held deliveries back"
             time.sleep(0.5)
             assert endpoint.engine.outstanding == floor
