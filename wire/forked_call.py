@@ -12,14 +12,20 @@ jsonschema never load in it, nor in the interchange forked from it.
 The child is a copy of its caller (same account, same code, no exec), so it
 is as trusted as the caller. A caller that needs to pass a refusal back (a
 registration's exit code, say) returns it as a value; anything the call raises
-comes back as :class:`ChildCallFailed`, with its type and message.
+comes back as :class:`ChildCallFailed`, with its type and message. The child
+dies with its caller (:mod:`wire.parent_death`): a registration stuck on the
+network, or a render, must not outlive a manager or user endpoint killed while
+it waits.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import typing as t
+
+from wire.parent_death import die_with_parent
 
 
 class ChildCallFailed(Exception):
@@ -29,10 +35,11 @@ class ChildCallFailed(Exception):
 def call_in_child(call: t.Callable[[], t.Any]) -> t.Any:
     """``call()`` run in a forked child; its result, or :class:`ChildCallFailed`."""
     read_end, write_end = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
-        _answer(call, write_end)
+        _answer(call, write_end, parent)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
         raw = pipe.read()
@@ -40,10 +47,11 @@ def call_in_child(call: t.Callable[[], t.Any]) -> t.Any:
     return _outcome(raw, status)
 
 
-def _answer(call: t.Callable[[], t.Any], fd: int) -> t.NoReturn:
+def _answer(call: t.Callable[[], t.Any], fd: int, parent: int) -> t.NoReturn:
     """In the child: write ``{"value"|"failed": ...}`` and exit, whatever happens."""
     try:
         try:
+            die_with_parent(parent, signal.SIGKILL, 1)
             payload = json.dumps({"value": call()})
         except BaseException as e:  # any failure is reported to the parent, never lost
             payload = json.dumps({"failed": f"{type(e).__name__}: {e}"})

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from mep import manager_process
 from mep.registration import EX_NOPERM, EX_SOFTWARE, RegistrationError
+from tests.processes import alive
 from wire.forked_call import ChildCallFailed, call_in_child
 
 
@@ -82,3 +85,36 @@ def test_the_parent_never_imports_what_the_call_imports(call, module):
         [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
     )
     assert done.stdout.split() == ["True", "False"], done.stderr
+
+
+def test_the_child_dies_with_its_caller(tmp_path):
+    """A caller killed while its child works (a registration stuck on the network,
+    a render) takes the child with it: nothing is left running as an orphan."""
+    pid_file = tmp_path / "child.pid"
+    program = (
+        "import os, time\n"
+        "from wire.forked_call import call_in_child\n"
+        "def stuck():\n"
+        f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(120)\n"
+        "call_in_child(stuck)\n"
+    )
+    caller = subprocess.Popen([sys.executable, "-c", program])
+    child = None
+    try:
+        deadline = time.monotonic() + 30
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        assert alive(child)
+        caller.kill()
+        caller.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(child), "the child outlived its killed caller"
+    finally:
+        caller.kill()
+        caller.wait(timeout=10)
+        if child is not None and alive(child):
+            os.kill(child, signal.SIGKILL)
