@@ -72,6 +72,15 @@ def viewer(request: Request, s: Session = DB) -> Viewer:
 VIEWER = Depends(viewer)
 
 
+async def _form(request: Request) -> dict[str, str]:
+    """The posted form; read here so the handler that needs the database can be a plain
+    function, which FastAPI runs in its thread pool instead of on the event loop."""
+    return signin.form_fields(await request.body())
+
+
+FORM = Depends(_form)
+
+
 def page(name: str, code: int = 200, viewer: Viewer | None = None, **context) -> HTMLResponse:
     context.setdefault("refresh", None)
     html = PAGES.get_template(name).render(viewer=viewer, **context)
@@ -111,8 +120,9 @@ def login_form(request: Request) -> HTMLResponse:
 
 
 @router.post("/login")
-async def login(request: Request, svc: Service = SERVICE) -> Response:
-    fields = signin.form_fields(await request.body())
+async def login(
+    request: Request, svc: Service = SERVICE, fields: dict[str, str] = FORM
+) -> Response:
     address = request.client.host if request.client else "?"
     if not signin.csrf_matches(request.cookies.get(signin.LOGIN_COOKIE), fields.get("csrf")):
         log.info("web sign-in from %s refused: the form's CSRF token does not match", address)
@@ -139,9 +149,8 @@ async def login(request: Request, svc: Service = SERVICE) -> Response:
 
 
 @router.post("/logout")
-async def logout(request: Request, me: Viewer = VIEWER, s: Session = DB) -> Response:
+def logout(me: Viewer = VIEWER, s: Session = DB, fields: dict[str, str] = FORM) -> Response:
     """End the session: its token is deleted, so a copied cookie is worthless too."""
-    fields = signin.form_fields(await request.body())
     if not signin.csrf_matches(me.csrf, fields.get("csrf")):
         log.info("web sign-out for client %s refused: CSRF token mismatch", me.who.client_id)
         message = "This form has expired; reload the page and sign out again."
