@@ -12,20 +12,26 @@ jsonschema never load in it, nor in the interchange forked from it.
 The child is a copy of its caller (same account, same code, no exec), so it
 is as trusted as the caller. A caller that needs to pass a refusal back (a
 registration's exit code, say) returns it as a value; anything the call raises
-comes back as :class:`ChildCallFailed`, with its type and message. The child
-dies with its caller (:mod:`wire.parent_death`): a registration stuck on the
-network, or a render, must not outlive a manager or user endpoint killed while
-it waits.
+comes back as :class:`ChildCallFailed`, with its type and message.
+
+The child dies with its caller: a registration stuck on the network, or a
+render, must not outlive a manager or user endpoint killed while it waits.
+Linux sends the parent-death signal (``PR_SET_PDEATHSIG``, which Python's
+standard library does not expose) when the thread that forked the child ends,
+and that thread is blocked here until the child is reaped. The root monitor
+arms the same signal for what it spawns in its own code
+(:mod:`mep.monitor.spawn`), since it imports nothing from this package.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
 import typing as t
 
-from wire.parent_death import die_with_parent
+PR_SET_PDEATHSIG = 1
 
 
 class ChildCallFailed(Exception):
@@ -51,7 +57,7 @@ def _answer(call: t.Callable[[], t.Any], fd: int, parent: int) -> t.NoReturn:
     """In the child: write ``{"value"|"failed": ...}`` and exit, whatever happens."""
     try:
         try:
-            die_with_parent(parent, signal.SIGKILL, 1)
+            _die_with_caller(parent)
             payload = json.dumps({"value": call()})
         except BaseException as e:  # any failure is reported to the parent, never lost
             payload = json.dumps({"failed": f"{type(e).__name__}: {e}"})
@@ -59,6 +65,15 @@ def _answer(call: t.Callable[[], t.Any], fd: int, parent: int) -> t.NoReturn:
             pipe.write(payload.encode())
     finally:
         os._exit(0)
+
+
+def _die_with_caller(parent: int) -> None:
+    """In the child: SIGKILL when the caller ends; exit now if it already has."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _outcome(raw: bytes, status: int) -> t.Any:

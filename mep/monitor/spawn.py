@@ -35,6 +35,7 @@ owned by someone else yields EPERM instead of a signal.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
@@ -49,12 +50,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from identity.policy import LocalAccount
-from wire.parent_death import die_with_parent
 
+PR_SET_PDEATHSIG = 1
 SPAWN_TIMEOUT_S = 60.0
 LIFT_FLOOR = 64  # what the monitor holds for a spawn sits here; passed fds go to 3..
 MAX_PASSED = 8
 _FAILED = 127
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -329,7 +331,7 @@ def _hold_pam_session(req: SpawnRequest, status_w: int, fds: _Lifted, parent: in
     _run_steps(
         status_w,
         [
-            ("parent death signal", lambda: die_with_parent(parent, signal.SIGTERM, _FAILED)),
+            ("parent death signal", lambda: _die_with_parent(parent)),
             ("setsid", os.setsid),
             ("pam account", pam.check_account),
             ("pam session", pam.open_session),
@@ -411,7 +413,7 @@ def _drop_steps(req: SpawnRequest, fds: _Lifted, parent: int, pam) -> list:
         ("setsid", os.setsid),
         ("umask", lambda: os.umask(0o077)),
         ("chdir home", lambda: os.chdir(req.workdir or acct.home)),
-        ("parent death signal", lambda: die_with_parent(parent, signal.SIGTERM, _FAILED)),
+        ("parent death signal", lambda: _die_with_parent(parent)),
     ]
     if fds.output is None:
         steps += [
@@ -490,6 +492,15 @@ def _capabilities() -> dict[str, int]:
     names = ("CapPrm", "CapEff", "CapAmb")
     fields = (line.split(":", 1) for line in text.splitlines() if ":" in line)
     return {k: int(v.strip(), 16) for k, v in fields if k in names}
+
+
+def _die_with_parent(parent: int) -> None:
+    """Set PDEATHSIG now (a credential change clears it), then catch a parent already gone."""
+    if _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    if os.getppid() != parent:
+        os._exit(_FAILED)
 
 
 def _make_private_dirs(path: str) -> None:
