@@ -100,6 +100,9 @@ class Session:
         self.consume_ch = None
         self.publish_ch = None
         self.consumer_tag: str | None = None
+        self.prefetch = 0
+        self.task_bytes = 0  # the bodies of every task delivered in this session
+        self.tasks = 0
         self.pending: collections.deque = collections.deque()
         self.next_tag = 0
         self.in_flight: dict[int, str | None] = {}
@@ -186,22 +189,24 @@ class Session:
     def _on_consume_channel(self, ch) -> None:
         self.consume_ch = ch
         ch.add_on_close_callback(self._on_channel_closed)
-        ch.basic_qos(prefetch_count=self.ep.window.ceiling, callback=lambda _f: self._consume())
+        self.prefetch = self.ep.window.floor
+        ch.basic_qos(prefetch_count=self.prefetch, callback=lambda _f: self._consume())
 
-    def _consume(self) -> None:
+    def _consume(self, callback: t.Callable[[], None] | None = None) -> None:
         self.consumer_tag = self.consume_ch.basic_consume(
             self.creds.task_queue_info.queue,
             self._on_message,
             exclusive=True,
-            callback=lambda _frame: self._consuming(),
+            callback=lambda _frame: (callback or self._consuming)(),
         )
 
     def _consuming(self) -> None:
         """The broker accepted us as the queue's one consumer: the session is up."""
         self.opened = True
         log.info(
-            "session open; consuming %s (the engine holds %d to %d tasks)",
+            "session open; consuming %s (prefetch %d; the engine holds %d to %d tasks)",
             self.creds.task_queue_info.queue,
+            self.prefetch,
             self.ep.window.floor,
             self.ep.window.ceiling,
         )
@@ -225,6 +230,8 @@ class Session:
         if self.stopping:
             return
         self.pending.append((method.delivery_tag, properties.headers or {}, body))
+        self.task_bytes += len(body)
+        self.tasks += 1
         if len(self.pending) == 1:
             self.conn.ioloop.call_later(0, self.pump)
 
@@ -243,8 +250,12 @@ class Session:
         if self.consume_ch is None or not self.consume_ch.is_open:
             self.pending.clear()
             return
-        ep = self.ep
-        taken = self._take(ep.window.size(time.monotonic()) - ep.engine.outstanding)
+        ep, now = self.ep, time.monotonic()
+        if self.prefetch < ep.window.ceiling and ep.window.sends_ahead(
+            now, self.task_bytes / max(1, self.tasks)
+        ):
+            self._send_ahead()
+        taken = self._take(ep.window.size(now) - ep.engine.outstanding)
         if not taken:
             return
         to_run, answers = self._sort(taken)
@@ -257,6 +268,23 @@ class Session:
             self._publish_result(task_id, packed)
         if self.pending:
             self.conn.ioloop.call_later(0, self.pump)
+
+    def _send_ahead(self) -> None:
+        """Let the broker send up to the window's ceiling: set the prefetch of new
+        consumers, cancel ours and consume again. What the old consumer holds stays
+        ours to ack; pika rejects (requeues) what reaches it after the cancel."""
+        ch, old = self.consume_ch, self.consumer_tag
+        self.prefetch = self.ep.window.ceiling
+        log.info("short, small tasks: the broker may now send %d ahead", self.prefetch)
+
+        def consume_again(_frame) -> None:
+            if not self.stopping and ch.is_open:
+                self._consume(callback=lambda: None)
+
+        ch.basic_qos(
+            prefetch_count=self.prefetch,
+            callback=lambda _f: ch.basic_cancel(old, callback=consume_again),
+        )
 
     def _take(self, room: int) -> list:
         taken = []

@@ -14,10 +14,14 @@ So the window is the floor plus what the engine actually finished in the last
 ``SOON_S`` seconds, up to a ceiling. Tasks that take seconds or hours leave it
 at the floor; no-op tasks open it to the ceiling. Either way, what the engine
 holds beyond the floor is at most about ``SOON_S`` of work at the pace it
-just showed. The broker's prefetch is the ceiling, since RabbitMQ applies a
-changed per-consumer prefetch only to new consumers: deliveries beyond the
-window wait unacknowledged in the session, and go back to the broker if it
-ends.
+just showed.
+
+The broker's prefetch bounds the deliveries a session holds in memory before
+the engine has room for them, and a task can be megabytes. It starts at the
+floor and rises to the ceiling once per session, only when the window has
+opened and the tasks seen so far are small (:meth:`Window.sends_ahead`):
+RabbitMQ applies a changed per-consumer prefetch only to new consumers, so
+the session has to consume again to raise it (:mod:`uep.session`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ SOON_S = 0.25
 SLACK = 16  # tasks the engine may queue beyond its capacity, whatever their length
 OPENING = 256  # how far completions can widen the window beyond its floor
 MAX_PREFETCH = 65535  # AMQP's prefetch count is a 16-bit field
+SMALL_TASK_BYTES = 64 * 1024  # tasks this small on average may be sent ahead to the ceiling
 
 
 class Window:
@@ -50,3 +55,8 @@ class Window:
         while self._finished and self._finished[0][0] <= now - SOON_S:
             self._recent -= self._finished.popleft()[1]
         return min(self.ceiling, self.floor + self._recent)
+
+    def sends_ahead(self, now: float, mean_task_bytes: float) -> bool:
+        """Whether the broker may send up to the ceiling: the engine is finishing tasks
+        faster than the floor can feed it, and holding a ceiling of them costs little."""
+        return self.size(now) > self.floor + SLACK and mean_task_bytes <= SMALL_TASK_BYTES

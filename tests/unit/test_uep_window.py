@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from uep.window import MAX_PREFETCH, OPENING, SLACK, SOON_S, Window
+from uep.window import MAX_PREFETCH, OPENING, SLACK, SMALL_TASK_BYTES, SOON_S, Window
 
 
 @pytest.mark.parametrize(
@@ -45,3 +45,13 @@ def test_nothing_finished_counts_as_nothing():
     window.finished(0, 1.0)
     window.finished(-3, 1.0)
     assert window.size(1.0) == window.floor
+
+
+def test_the_broker_sends_ahead_only_small_tasks_that_finish_quickly():
+    window = Window(2)
+    assert not window.sends_ahead(1.0, 100), "nothing finished yet"
+    window.finished(SLACK + 1, 1.0)
+    assert window.sends_ahead(1.0, 100)
+    assert window.sends_ahead(1.0, SMALL_TASK_BYTES)
+    assert not window.sends_ahead(1.0, SMALL_TASK_BYTES + 1)
+    assert not window.sends_ahead(1.0 + SOON_S, 100), "the burst is over"
