@@ -431,44 +431,68 @@ def _queued(service, expected: int, timeout_s: float = 10) -> int:
         time.sleep(0.1)
 
 
-def test_short_tasks_open_the_engines_window(service, tmp_path, monkeypatch):
+def _counting_pumps(monkeypatch) -> list[tuple[int, int]]:
+    """After each pump: (tasks the engine holds, the session's prefetch)."""
+    from uep import session as session_module
+
+    seen = []
+    real_pump = session_module.Session.pump
+
+    def pump_and_count(self):
+        real_pump(self)
+        seen.append((self.ep.engine.outstanding, self.prefetch))
+
+    monkeypatch.setattr(session_module.Session, "pump", pump_and_count)
+    return seen
+
+
+def test_short_small_tasks_open_the_engines_window_and_the_prefetch(service, tmp_path, monkeypatch):
     """Tasks that finish in milliseconds let the engine hold more than its floor.
 
     With the floor alone, every refill waits for a result to come back and for
     the broker to send the next deliveries; that round trip set the pace of
     no-op bursts. The window opens by what the engine finished in the last
-    ``SOON_S`` seconds, and never past its ceiling.
+    ``SOON_S`` seconds, never past its ceiling, and the session consumes again
+    so the broker may send up to the ceiling ahead.
     """
-    from uep import session as session_module
-
-    held = []
-    real_pump = session_module.Session.pump
-
-    def pump_and_count(self):
-        real_pump(self)
-        held.append(self.ep.engine.outstanding)
-
-    monkeypatch.setattr(session_module.Session, "pump", pump_and_count)
+    seen = _counting_pumps(monkeypatch)
     ids = [service.submit(nap, 0.002) for _ in range(400)]
     with endpoint_in_this_process(service, tmp_path) as endpoint:
         answers = assert_answered_once(service, ids, settle=0.5)
     assert all(not a.is_error for a in answers.values())
     window = endpoint.window
-    assert window.floor + 20 < max(held) <= window.ceiling, (window.floor, max(held))
+    held = max(h for h, _ in seen)
+    assert window.floor + 20 < held <= window.ceiling, (window.floor, held)
+    assert seen[0][1] == window.floor
+    assert max(p for _, p in seen) == window.ceiling
 
 
-def test_slow_tasks_keep_the_engine_at_its_floor_and_a_stop_leaves_the_rest_queued(
-    service, tmp_path
-):
-    """The broker may send up to the window's ceiling, but tasks that do not
-    finish never open the window: the engine holds only its floor. A stop
-    answers just those as unknown; the deliveries waiting beyond them were never
-    acked, so they go back to the queue and the next session runs them."""
+def test_big_tasks_are_never_sent_ahead(service, tmp_path, monkeypatch):
+    """Short tasks of 200 KB each open the engine's window, but the broker's
+    prefetch stays at the floor: a ceiling of such tasks waiting in memory
+    would cost the user endpoint tens of megabytes for nothing."""
+    from uep.window import SMALL_TASK_BYTES
+
+    seen = _counting_pumps(monkeypatch)
+    ballast = b"x" * (2 * SMALL_TASK_BYTES)
+    ids = [service.submit(len, ballast) for _ in range(300)]
+    with endpoint_in_this_process(service, tmp_path) as endpoint:
+        answers = assert_answered_once(service, ids, settle=0.5)
+    assert {a.is_error for a in answers.values()} == {False}
+    assert {p for _, p in seen} == {endpoint.window.floor}
+
+
+def test_slow_tasks_keep_the_floor_and_a_stop_leaves_the_rest_queued(service, tmp_path):
+    """Tasks that do not finish never open the window: the engine holds its floor,
+    the session holds a prefetch of the floor waiting for room, and the broker
+    keeps the rest. A stop answers only what the engine held as unknown; the
+    waiting deliveries were never acked, so they go back to the queue and the next
+    session runs them."""
     from uep.session import SHUTTING_DOWN
 
     gates = tmp_path / "gates"
     gates.mkdir()
-    waiting = 40
+    beyond = 10
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
     first_dir.mkdir()
     second_dir.mkdir()
@@ -476,17 +500,20 @@ def test_slow_tasks_keep_the_engine_at_its_floor_and_a_stop_leaves_the_rest_queu
         with endpoint_in_this_process(service, first_dir) as endpoint:
             floor = endpoint.window.floor
             ids = [
-                service.submit(wait_for_gate, str(gates / "open")) for _ in range(floor + waiting)
+                service.submit(wait_for_gate, str(gates / "open"))
+                for _ in range(2 * floor + beyond)
             ]
-            _wait_for_pending(endpoint, waiting)
-            assert len(endpoint._session.pending) == waiting, "the broker held deliveries back"
+            _wait_for_pending(endpoint, floor)
             time.sleep(0.5)
+            assert len(endpoint._session.pending) == floor, "the prefetch rose for slow tasks"
+            assert endpoint._session.prefetch == floor
             assert endpoint.engine.outstanding == floor
+            assert _queued(service, beyond) == beyond
             endpoint.request_stop("the admin stops it")
             stopped = service.wait_results(ids[:floor], timeout=30)  # one queue: FIFO
             (gates / "open").touch()
         assert all(r.is_error and r.data == SHUTTING_DOWN for r in stopped.values())
-        assert _queued(service, waiting) == waiting
+        assert _queued(service, floor + beyond) == floor + beyond
         service.drain()
         assert set(service.results) == set(ids[:floor])
         with endpoint_in_this_process(service, second_dir):
@@ -494,4 +521,4 @@ def test_slow_tasks_keep_the_engine_at_its_floor_and_a_stop_leaves_the_rest_queu
     finally:
         (gates / "open").touch()
     ran = [a for a in answers.values() if not a.is_error]
-    assert len(ran) == waiting
+    assert len(ran) == floor + beyond
