@@ -6,8 +6,9 @@ report back through a thread-safe queue.
 
 The delivery rules that make a task impossible to lose:
 
-1. at most a fixed number of deliveries are unacknowledged (``basic_qos``),
-   and the engine is never handed more than it can start soon
+1. at most the session's prefetch of deliveries are unacknowledged
+   (``basic_qos``: the window's floor, raised once to its ceiling for short,
+   small tasks), and the engine is never handed more than it can start soon
    (:mod:`uep.window`);
 2. a task is journaled in the store (fsync) and handed to the engine before
    its delivery is acked, and only while that delivery's channel is open (a
